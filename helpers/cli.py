@@ -1,0 +1,85 @@
+"""``python -m helpers``: headless training and the project's small tools, on the same code as the notebook."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import Config
+from .data import DataError
+
+
+def _features(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 16,32,64,128, got {text!r}")
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be positive integers, got {text!r}")
+    return widths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train the U-Net and write a run folder")
+    train.add_argument("--data-dir", help="a kaggle_3m folder (default: find one, else synthetic tiles)")
+    train.add_argument("--out", default=Config.run_dir, help="run folder (default: %(default)s)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--features", type=_features, help="U-Net widths, e.g. 16,32,64,128")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--loss", choices=("bce", "dice", "bce_dice"), default=Config.loss)
+    train.add_argument("--val-fraction", type=float, default=Config.val_fraction)
+    train.add_argument("--seed", type=int, default=Config.seed)
+    train.add_argument("--workers", type=int)
+    train.add_argument("--device", default=Config.device, help="auto, cpu, cuda, cuda:1 ...")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    synth = commands.add_parser("synth", help="write synthetic tiles in the kaggle_3m layout")
+    synth.add_argument("--out", required=True, help="folder to create kaggle_3m/ in")
+    synth.add_argument("--patients", type=int, default=Config.synthetic_patients)
+    synth.add_argument("--slices", type=int, default=Config.synthetic_slices)
+    synth.add_argument("--seed", type=int, default=0)
+
+    diagram = commands.add_parser("diagram", help="draw the U-Net diagram (unet.png)")
+    diagram.add_argument("--out", default="unet.png")
+    diagram.add_argument("--features", type=_features, help="U-Net widths (default: the seed's)")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+    from .source import resolve_data
+    from .train import train_run
+
+    cfg = Config(data_dir=args.data_dir, run_dir=args.out, epochs=args.epochs, image_size=args.image_size,
+                 features=args.features, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+                 val_fraction=args.val_fraction, seed=args.seed, workers=args.workers, device=args.device,
+                 augment=not args.no_augment)
+    source = resolve_data(cfg)
+    result = train_run(cfg, load_dataset(source.path), progress=not args.quiet)
+    print(f"best epoch {result.best_epoch}: validation Dice {result.best_val_dice:.3f} -> {result.run_dir}/best.pt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            _train(args)
+        elif args.command == "synth":
+            from .synthetic import write_synthetic_dataset
+            print(write_synthetic_dataset(args.out, args.patients, args.slices, args.seed))
+        elif args.command == "diagram":
+            import matplotlib
+            matplotlib.use("Agg")
+            from .diagram import save_unet_diagram
+            from .model import SEED_FEATURES, UNet
+            print(save_unet_diagram(Path(args.out), UNet(features=args.features or SEED_FEATURES)))
+    except (DataError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,104 @@
+"""The one configuration object: every hyperparameter for the notebook, the CLI and the tests."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# The seed's U-Net at full resolution: what a GPU trains with when the user sets nothing.
+GPU_DEFAULTS = {"image_size": 256, "features": (64, 128, 256, 512), "batch_size": 16, "epochs": 30,
+                "lr": 1e-3, "workers": min(4, os.cpu_count() or 1)}
+# Sized so that 2 CPU cores train the real sample in minutes; see README "Config knobs". A narrow net with
+# few epochs takes a larger step. Loader workers only compete with the model for the cores.
+CPU_DEFAULTS = {"image_size": 128, "features": (16, 32, 64, 128), "batch_size": 16, "epochs": 15,
+                "lr": 3e-3, "workers": 0}
+# Synthetic tiles are easy: a laptop learns them in well under a minute at this size.
+SYNTHETIC_CPU_DEFAULTS = {**CPU_DEFAULTS, "image_size": 64, "features": (8, 16, 32, 64), "epochs": 20}
+
+AUTO_FIELDS = tuple(GPU_DEFAULTS)
+LOSSES = ("bce", "dice", "bce_dice")
+
+
+@dataclass
+class Config:
+    """Every knob of a run. Fields left as ``None`` are chosen by :meth:`resolved` for the hardware.
+
+    ``mean``/``std`` are the per-channel normalisation statistics; ``None`` means "measure them on the
+    training patients", and the resolved values are stored with the run so inference reproduces them.
+    """
+
+    data_dir: str | None = None  # a kaggle_3m folder; None = find one (see helpers.source)
+    download_dir: str = "data"  # where a Kaggle download or the synthetic tiles are written
+    run_dir: str = "runs/unet"  # config.json, history.csv, split.csv, last.pt, best.pt
+    image_size: int | None = None
+    in_channels: int = 3
+    features: tuple[int, ...] | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.0
+    loss: str = "bce"  # the seed's BCEWithLogitsLoss; also "dice", "bce_dice"
+    dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
+    threshold: float = 0.5  # probability above which a pixel is tumour
+    val_fraction: float = 0.2  # share of *patients* held out for validation
+    augment: bool = True
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    seed: int = 42
+    workers: int | None = None  # DataLoader worker processes
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    synthetic_patients: int = 10  # used only when no real data is found
+    synthetic_slices: int = 24
+
+    def __post_init__(self) -> None:
+        if self.features is not None:
+            self.features = tuple(int(f) for f in self.features)
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(float(v) for v in value))
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ValueError(f"image_size must be at least 16 (four 2x2 poolings), got {self.image_size}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+
+    def torch_device(self) -> torch.device:
+        """The device this run uses: the first GPU when one is visible and ``device`` is "auto"."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved(self, synthetic: bool = False) -> "Config":
+        """A copy with every ``None`` knob of :data:`AUTO_FIELDS` filled for this hardware and data.
+
+        GPU: the seed's U-Net at 256x256. CPU: a narrower U-Net at a smaller size, smaller still on
+        synthetic tiles, so that a laptop finishes in minutes. Values the user set are kept.
+        """
+        if self.torch_device().type == "cuda":
+            defaults = GPU_DEFAULTS
+        else:
+            defaults = SYNTHETIC_CPU_DEFAULTS if synthetic else CPU_DEFAULTS
+        chosen = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **chosen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        return cls.from_dict(json.loads(Path(path).read_text()))

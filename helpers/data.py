@@ -1,0 +1,131 @@
+"""Find the ``kaggle_3m`` slices on disk, index them in a table, and serve them to PyTorch."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import GroupShuffleSplit
+from torch.utils.data import Dataset
+
+SLICE_RE = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
+PATIENT_RE = re.compile(r"^TCGA_[A-Z0-9]{2}_[A-Z0-9]{4}")
+COLUMNS = ["patient", "institution", "slice", "image_path", "mask_path", "has_tumour", "tumour_pixels"]
+
+
+class DataError(ValueError):
+    """A problem with the data on disk that the user can fix; the message names the file."""
+
+
+def find_kaggle_3m(root: str | Path) -> Path | None:
+    """The folder that holds the patient folders: ``root`` itself, or the first ``kaggle_3m`` under it.
+
+    The Kaggle download holds the tree twice (``kaggle_3m/`` and ``lgg-mri-segmentation/kaggle_3m/``);
+    the shallowest copy wins, so no slice is ever counted twice.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    if any(PATIENT_RE.match(p.name) and p.is_dir() for p in root.iterdir()):
+        return root
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        depth = len(Path(dirpath).relative_to(root).parts)
+        if Path(dirpath).name == "kaggle_3m":
+            found.append((depth, dirpath))
+            dirnames[:] = []
+        elif depth >= 4:
+            dirnames[:] = []
+    return Path(sorted(found)[0][1]) if found else None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A slice as (H, W, 3) uint8 in the dataset's channel order (pre-contrast, FLAIR, post-contrast)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{path}: cannot be read as an image (expected a 256x256 3-channel TIFF)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask as (H, W) uint8 in {0, 1}."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise DataError(f"{path}: cannot be read as a mask (expected a 256x256 single-channel TIFF)")
+    return (mask > 127).astype(np.uint8)
+
+
+def load_dataset(data_dir: str | Path) -> pd.DataFrame:
+    """One row per slice: patient, institution, slice number, image and mask paths, tumour flag and size.
+
+    Rows are ordered by patient, then by slice number as a number (2 before 10).
+    """
+    data_dir = Path(data_dir)
+    root = find_kaggle_3m(data_dir)
+    if root is None:
+        raise DataError(f"{data_dir}: no kaggle_3m slices found (expected patient folders like "
+                        f"TCGA_CS_4941_19960909/ holding TCGA_..._<n>.tif and TCGA_..._<n>_mask.tif)")
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and PATIENT_RE.match(p.name)):
+        images, masks = {}, {}
+        for f in folder.iterdir():
+            m = SLICE_RE.match(f.name)
+            if m and m["case"] == folder.name:
+                (masks if m["mask"] else images)[int(m["slice"])] = f
+        for n in sorted(set(images) - set(masks)):
+            raise DataError(f"{images[n]}: image has no mask (expected {images[n].stem}_mask.tif beside it)")
+        for n in sorted(set(masks) - set(images)):
+            raise DataError(f"{masks[n]}: mask has no image (expected {folder.name}_{n}.tif beside it)")
+        for n in sorted(images):
+            pixels = int(read_mask(masks[n]).sum())
+            rows.append({"patient": folder.name, "institution": folder.name.split("_")[1], "slice": n,
+                         "image_path": str(images[n]), "mask_path": str(masks[n]),
+                         "has_tumour": pixels > 0, "tumour_pixels": pixels})
+    if not rows:
+        raise DataError(f"{root}: no kaggle_3m slices found (expected patient folders like "
+                        f"TCGA_CS_4941_19960909/ holding TCGA_..._<n>.tif and TCGA_..._<n>_mask.tif)")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def split_patients(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out whole patients for validation, so no patient's slices are on both sides."""
+    n_patients = table["patient"].nunique()
+    if n_patients < 2:
+        raise DataError(f"need at least 2 patients to hold one out for validation, found {n_patients}")
+    n_val = min(max(1, round(n_patients * val_fraction)), n_patients - 1)
+    splitter = GroupShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
+    train_idx, val_idx = next(splitter.split(table, groups=table["patient"]))
+    return table.iloc[train_idx].reset_index(drop=True), table.iloc[val_idx].reset_index(drop=True)
+
+
+def channel_stats(table: pd.DataFrame, max_slices: int = 400, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation (in 0..1 units) over a random sample of slices."""
+    sample = table.sample(n=min(max_slices, len(table)), random_state=seed)
+    pixels = np.stack([read_image(p) for p in sample["image_path"]]).reshape(-1, 3).astype(np.float64) / 255
+    return tuple(pixels.mean(0).round(5).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).round(5).tolist())
+
+
+class SliceDataset(Dataset):
+    """(image, mask) pairs from a slice table: image (3, H, W) float, mask (1, H, W) float in {0, 1}."""
+
+    def __init__(self, table: pd.DataFrame, transform: Callable[..., dict] | None = None) -> None:
+        self.images = table["image_path"].tolist()
+        self.masks = table["mask_path"].tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = read_image(self.images[i]), read_mask(self.masks[i])
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+        mask = torch.from_numpy(np.ascontiguousarray(mask))[None].float()
+        return image, mask

@@ -1,0 +1,69 @@
+"""The seed project's U-Net (Ronneberger et al. 2015, as re-implemented by the seed), widths configurable."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SEED_FEATURES = (64, 128, 256, 512)
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv without bias, stride 1 -> BatchNorm -> ReLU) twice; the bias is redundant before BatchNorm."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """Encoder of DoubleConv + 2x2 max-pool per level, a bottleneck of twice the last width, and a decoder of
+    2x2 transposed convs whose output is concatenated with the skip connection. Returns logits, (N, 1, H, W).
+
+    With the seed widths (64, 128, 256, 512) and 3 input channels it has 31,037,633 parameters.
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1,
+                 features: Sequence[int] = SEED_FEATURES) -> None:
+        super().__init__()
+        self.features = tuple(features)
+        self.downs = nn.ModuleList()
+        self.ups = nn.ModuleList()
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        for width in self.features:
+            self.downs.append(DoubleConv(in_channels, width))
+            in_channels = width
+        self.bottleneck = DoubleConv(self.features[-1], self.features[-1] * 2)
+        for width in reversed(self.features):
+            self.ups.append(nn.ConvTranspose2d(width * 2, width, kernel_size=2, stride=2))
+            self.ups.append(DoubleConv(width * 2, width))
+        self.final_conv = nn.Conv2d(self.features[0], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, conv, skip in zip(self.ups[::2], self.ups[1::2], reversed(skips)):
+            x = up(x)
+            if x.shape[-2:] != skip.shape[-2:]:
+                # Odd sizes lose a row/column to pooling; pad back rather than resize, so pixels stay aligned.
+                dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
+                x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
+            x = conv(torch.cat((skip, x), dim=1))
+        return self.final_conv(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,140 @@
+"""Training: patient-level split, the loop, per-epoch history and checkpoints in a run folder.
+
+The notebook and ``python -m helpers train`` both call :func:`fit`, so they write the same run folder:
+``config.json``, ``split.csv``, ``history.csv`` (one row per epoch), ``last.pt`` and ``best.pt``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import build_model, load_checkpoint, save_checkpoint
+from .config import Config
+from .data import SliceDataset, channel_stats, split_patients
+from .inference import evaluate, make_eval_loader
+from .losses import build_loss
+from .synthetic import is_synthetic_table
+from .transforms import train_transform
+
+
+@dataclass
+class TrainResult:
+    """What a finished run hands back; the same facts are on disk in ``run_dir``."""
+
+    model: nn.Module  # the best epoch's weights, unwrapped, in eval mode
+    cfg: Config  # fully resolved: sizes, widths, normalisation statistics
+    history: pd.DataFrame
+    train_table: pd.DataFrame
+    val_table: pd.DataFrame
+    run_dir: Path
+    best_epoch: int
+    best_val_dice: float
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_config(cfg: Config, train_table: pd.DataFrame) -> Config:
+    """Fill sizes for this hardware and the normalisation statistics from the training patients."""
+    cfg = cfg.resolved(synthetic=is_synthetic_table(train_table))
+    if cfg.mean is None or cfg.std is None:
+        mean, std = channel_stats(train_table, seed=cfg.seed)
+        cfg = dataclasses.replace(cfg, mean=mean, std=std)
+    return cfg
+
+
+def parallelize(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move to ``device``; wrap in DataParallel when more than one GPU is visible (the seed's choice)."""
+    model = model.to(device)
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        print(f"DataParallel over {torch.cuda.device_count()} GPUs")
+        model = nn.DataParallel(model)
+    return model
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    device: torch.device, progress: bool = True, desc: str = "train") -> float:
+    """One pass over ``loader``; returns the mean loss per image."""
+    model.train()
+    total, seen = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for images, masks in bar:
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        loss = loss_fn(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(images)
+        seen += len(images)
+        bar.set_postfix(loss=f"{total / seen:.4f}")
+    return total / max(seen, 1)
+
+
+def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progress: bool = True) -> TrainResult:
+    """Train for ``cfg.epochs`` and keep the epoch with the best validation Dice, writing the run folder.
+
+    Validation Dice is the mean over validation patients of their 3-D Dice (see :mod:`helpers.metrics`).
+    """
+    shared = set(train_table["patient"]) & set(val_table["patient"])
+    if shared:
+        raise ValueError(f"patients on both sides of the split: {sorted(shared)[:5]}")
+    set_seed(cfg.seed)
+    cfg = prepare_config(cfg, train_table)
+    device = cfg.torch_device()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+    split = pd.concat([train_table.assign(split="train"), val_table.assign(split="val")])
+    split.groupby("patient", sort=False)["split"].first().reset_index().to_csv(run_dir / "split.csv", index=False)
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(SliceDataset(train_table, train_transform(cfg)), batch_size=cfg.batch_size,
+                              shuffle=True, drop_last=len(train_table) > cfg.batch_size, generator=generator,
+                              num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                              persistent_workers=cfg.workers > 0)
+    val_loader = make_eval_loader(val_table, cfg)
+    model = parallelize(build_model(cfg), device)
+    loss_fn = build_loss(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    print(f"training on {device}: {train_table['patient'].nunique()} patients / {len(train_table)} slices, "
+          f"validating on {val_table['patient'].nunique()} patients / {len(val_table)} slices, "
+          f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs")
+
+    rows, best_dice, best_epoch = [], -1.0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress,
+                                     desc=f"epoch {epoch}/{cfg.epochs}")
+        val_loss, dice = evaluate(model, val_loader, val_table["patient"].tolist(), cfg, loss_fn)
+        rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                     "val_dice": float(dice.mean()), "val_dice_median": float(dice.median()),
+                     "seconds": time.perf_counter() - start})
+        pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
+        save_checkpoint(run_dir / "last.pt", model, cfg, epoch=epoch, val_dice=rows[-1]["val_dice"])
+        if rows[-1]["val_dice"] > best_dice:
+            best_dice, best_epoch = rows[-1]["val_dice"], epoch
+            save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch, val_dice=best_dice)
+        print(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+              f"val Dice {rows[-1]['val_dice']:.3f}  ({rows[-1]['seconds']:.0f}s)")
+
+    best_model, _, _ = load_checkpoint(run_dir / "best.pt", device)
+    return TrainResult(best_model, cfg, pd.DataFrame(rows), train_table, val_table, run_dir, best_epoch, best_dice)
+
+
+def train_run(cfg: Config, table: pd.DataFrame, progress: bool = True) -> TrainResult:
+    """Split ``table`` by patient (``cfg.val_fraction``, ``cfg.seed``) and :func:`fit`; what the CLI runs."""
+    train_table, val_table = split_patients(table, cfg.val_fraction, cfg.seed)
+    return fit(cfg, train_table, val_table, progress)

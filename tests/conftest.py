@@ -1,0 +1,28 @@
+"""Shared fixtures: small synthetic trees, the real sample when present, a non-interactive plot backend."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+from helpers.synthetic import write_synthetic_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = REPO.parent / "shared" / "data" / "lgg-sample" / "kaggle_3m"
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic kaggle_3m tree: 6 patients x 12 slices."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_patients=6, n_slices=12, seed=1)
+
+
+@pytest.fixture()
+def real_sample() -> Path:
+    if not (REAL_SAMPLE / "data.csv").exists():
+        pytest.skip("real LGG sample not present (../shared/data/lgg-sample)")
+    return REAL_SAMPLE

@@ -1,0 +1,77 @@
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers.data import DataError, SliceDataset, find_kaggle_3m, load_dataset, read_image, split_patients
+from helpers.synthetic import write_synthetic_dataset
+
+
+def test_loads_a_synthetic_tree(synthetic_dir):
+    table = load_dataset(synthetic_dir)
+    assert list(table.columns) == ["patient", "institution", "slice", "image_path", "mask_path",
+                                   "has_tumour", "tumour_pixels"]
+    assert table["patient"].nunique() == 6 and len(table) == 72
+    assert not table.duplicated(["patient", "slice"]).any()
+    first = table[table["patient"] == table["patient"].iloc[0]]
+    assert first["slice"].tolist() == list(range(1, 13))  # numeric order: 2 before 10
+    assert (table["has_tumour"] == (table["tumour_pixels"] > 0)).all()
+    assert 0 < table["has_tumour"].mean() < 1
+
+
+def test_reads_channels_in_dataset_order(tmp_path):
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 10, 20, 30  # pre-contrast, FLAIR, post-contrast
+    cv2.imwrite(str(tmp_path / "x.tif"), image[..., ::-1])  # a TIFF stores RGB; OpenCV writes from BGR
+    assert read_image(tmp_path / "x.tif")[0, 0].tolist() == [10, 20, 30]
+
+
+def test_the_duplicated_kaggle_zip_tree_is_counted_once(tmp_path, synthetic_dir):
+    shutil.copytree(synthetic_dir, tmp_path / "kaggle_3m")
+    shutil.copytree(synthetic_dir, tmp_path / "lgg-mri-segmentation" / "kaggle_3m")
+    assert find_kaggle_3m(tmp_path) == tmp_path / "kaggle_3m"
+    assert len(load_dataset(tmp_path)) == 72
+
+
+def test_loads_the_real_sample(real_sample):
+    table = load_dataset(real_sample)
+    assert table["patient"].nunique() == 15 and len(table) == 466
+    assert table["has_tumour"].sum() == 160
+    image, mask = SliceDataset(table)[0]
+    assert image.shape == (3, 256, 256) and mask.shape == (1, 256, 256)
+
+
+def test_a_folder_without_slices_is_a_clear_error(tmp_path):
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(DataError, match=f"{tmp_path}.*no kaggle_3m slices.*TCGA_"):
+        load_dataset(tmp_path)
+    with pytest.raises(DataError, match="no kaggle_3m slices"):
+        load_dataset(tmp_path / "missing")
+
+
+def test_an_image_without_its_mask_names_the_file(tmp_path):
+    root = write_synthetic_dataset(tmp_path, n_patients=2, n_slices=3, seed=0)
+    orphan = sorted(root.glob("*/*_2_mask.tif"))[0]
+    orphan.unlink()
+    with pytest.raises(DataError, match=orphan.name.replace("_mask", "") + ": image has no mask"):
+        load_dataset(root)
+
+
+def test_a_mask_without_its_image_names_the_file(tmp_path):
+    root = write_synthetic_dataset(tmp_path, n_patients=2, n_slices=3, seed=0)
+    image = sorted(root.glob("*/*_3.tif"))[0]
+    image.unlink()
+    with pytest.raises(DataError, match=image.stem + "_mask.tif: mask has no image"):
+        load_dataset(root)
+
+
+def test_split_keeps_patients_whole_and_is_reproducible(synthetic_dir):
+    table = load_dataset(synthetic_dir)
+    train, val = split_patients(table, 0.34, seed=7)
+    assert set(train["patient"]).isdisjoint(val["patient"])
+    assert len(train) + len(val) == len(table) and val["patient"].nunique() == 2
+    again, _ = split_patients(table, 0.34, seed=7)
+    assert again["patient"].tolist() == train["patient"].tolist()
+    with pytest.raises(DataError, match="at least 2 patients"):
+        split_patients(table[table["patient"] == table["patient"].iloc[0]], 0.2, 0)

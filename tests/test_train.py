@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from helpers.checkpoint import load_checkpoint
+from helpers.config import Config
+from helpers.data import load_dataset
+from helpers.inference import score_patients
+from helpers.synthetic import write_synthetic_dataset
+from helpers.train import train_run
+
+from conftest import REPO
+
+
+def test_learns_synthetic_tumours_and_generalises_to_unseen_patients(tmp_path):
+    table = load_dataset(write_synthetic_dataset(tmp_path / "train", n_patients=10, n_slices=24, seed=0))
+    result = train_run(Config(run_dir=str(tmp_path / "run"), device="cpu"), table, progress=False)
+    # Patients from another seed: never trained on, never used to pick the best epoch.
+    unseen = load_dataset(write_synthetic_dataset(tmp_path / "test", n_patients=4, n_slices=24, seed=99))
+    dice = score_patients(result.model, unseen, result.cfg)
+    assert len(dice) == 4
+    assert dice.mean() >= 0.8, dice
+
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.json", "history.csv", "split.csv", "last.pt", "best.pt"}
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, result.cfg.epochs + 1))
+    assert {"train_loss", "val_loss", "val_dice"} <= set(history.columns)
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["image_size"] == result.cfg.image_size and saved["mean"] is not None
+    split = pd.read_csv(run / "split.csv")
+    assert split["patient"].is_unique and set(split["split"]) == {"train", "val"}
+    model, cfg, info = load_checkpoint(run / "best.pt")
+    assert info["epoch"] == result.best_epoch and cfg == result.cfg
+    assert score_patients(model, unseen, cfg).mean() == pytest.approx(dice.mean())
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_train_writes_the_run_folder(tmp_path, synthetic_dir):
+    out = tmp_path / "run"
+    proc = _cli("train", "--data-dir", str(synthetic_dir), "--out", str(out), "--epochs", "2",
+                "--image-size", "32", "--features", "4,8,16,32", "--batch-size", "8", "--lr", "0.003",
+                "--seed", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert len(pd.read_csv(out / "history.csv")) == 2
+    cfg = Config.load(out / "config.json")
+    assert (cfg.image_size, cfg.features, cfg.batch_size, cfg.lr, cfg.seed) == (32, (4, 8, 16, 32), 8, 0.003, 1)
+    assert (out / "best.pt").exists() and (out / "last.pt").exists()
+
+
+def test_cli_trains_on_the_real_sample(tmp_path, real_sample):
+    proc = _cli("train", "--data-dir", str(real_sample), "--out", str(tmp_path / "real"), "--epochs", "1",
+                "--image-size", "32", "--features", "4,8,16,32", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    split = pd.read_csv(tmp_path / "real" / "split.csv")
+    assert len(split) == 15 and (split["split"] == "val").sum() == 3
+
+
+def test_cli_bad_data_dir_is_one_clear_line(tmp_path):
+    proc = _cli("train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"error: {tmp_path}: data_dir has no kaggle_3m slices" in proc.stderr

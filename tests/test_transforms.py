@@ -1,0 +1,39 @@
+import numpy as np
+
+from helpers.config import Config
+from helpers.transforms import eval_transform, train_transform
+
+
+def _square_slice(rng):
+    image = (rng.random((256, 256, 3)) * 40).astype(np.uint8)
+    mask = np.zeros((256, 256), np.uint8)
+    y, x = rng.integers(30, 180, size=2)
+    mask[y:y + 50, x:x + 40] = 1
+    image[mask.astype(bool)] = 230
+    return image, mask
+
+
+def test_augmentation_moves_image_and_mask_together():
+    cfg = Config(image_size=128, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    transform = train_transform(cfg)
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _ in range(30):
+        image, mask = _square_slice(rng)
+        out = transform(image=image, mask=mask)
+        assert out["image"].shape == (128, 128, 3) and out["mask"].shape == (128, 128)
+        assert set(np.unique(out["mask"])) <= {0, 1}
+        bright = out["image"][..., 1] > 0.6
+        inter = (bright & (out["mask"] == 1)).sum()
+        union = (bright | (out["mask"] == 1)).sum()
+        assert inter / union > 0.85
+        resized = eval_transform(cfg)(image=image, mask=mask)["mask"]
+        changed += not np.array_equal(resized, out["mask"])
+    assert changed > 10  # the pipeline really augments
+
+
+def test_eval_transform_normalises_per_channel():
+    cfg = Config(image_size=64, mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5))
+    image = np.full((256, 256, 3), 255, np.uint8)
+    out = eval_transform(cfg)(image=image, mask=np.zeros((256, 256), np.uint8))["image"]
+    assert np.allclose(out[0, 0], [(1 - 0.1) / 0.5, (1 - 0.2) / 0.5, (1 - 0.3) / 0.5], atol=1e-4)
