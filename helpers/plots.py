@@ -70,15 +70,15 @@ def plot_montage(table: pd.DataFrame, n: int = 12, seed: int = 0) -> Figure:
     rows = table[table["has_tumour"]]
     rows = rows.sample(n=min(n, len(rows)), random_state=seed) if len(rows) else table.head(n)
     cols = 6
-    fig, axes = plt.subplots(max(1, -(-len(rows) // cols)), cols, figsize=(2.2 * cols, 2.4 * -(-len(rows) // cols)),
-                             squeeze=False)
+    n_rows = max(1, -(-len(rows) // cols))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(2.2 * cols, 2.5 * n_rows + 0.4), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, (_, row) in zip(axes.flat, rows.iterrows()):
         _show(ax, read_image(row["image_path"]), f"{row['patient'][:12]} #{row['slice']}",
               ((read_mask(row["mask_path"]), "red"),))
     fig.suptitle("FLAIR with tumour outline")
-    fig.tight_layout()
     return fig
 
 
