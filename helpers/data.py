@@ -15,6 +15,8 @@ from torch.utils.data import Dataset
 
 SLICE_RE = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
 PATIENT_RE = re.compile(r"^TCGA_[A-Z0-9]{2}_[A-Z0-9]{4}")
+EXPECTED_LAYOUT = ("patient folders like TCGA_CS_4941_19960909/ holding TCGA_..._<n>.tif and "
+                   "TCGA_..._<n>_mask.tif")
 COLUMNS = ["patient", "institution", "slice", "image_path", "mask_path", "has_tumour", "tumour_pixels"]
 
 
@@ -68,8 +70,7 @@ def load_dataset(data_dir: str | Path) -> pd.DataFrame:
     data_dir = Path(data_dir)
     root = find_kaggle_3m(data_dir)
     if root is None:
-        raise DataError(f"{data_dir}: no kaggle_3m slices found (expected patient folders like "
-                        f"TCGA_CS_4941_19960909/ holding TCGA_..._<n>.tif and TCGA_..._<n>_mask.tif)")
+        raise DataError(f"{data_dir}: no kaggle_3m slices found (expected {EXPECTED_LAYOUT})")
     rows = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and PATIENT_RE.match(p.name)):
         images, masks = {}, {}
@@ -77,18 +78,19 @@ def load_dataset(data_dir: str | Path) -> pd.DataFrame:
             m = SLICE_RE.match(f.name)
             if m and m["case"] == folder.name:
                 (masks if m["mask"] else images)[int(m["slice"])] = f
-        for n in sorted(set(images) - set(masks)):
-            raise DataError(f"{images[n]}: image has no mask (expected {images[n].stem}_mask.tif beside it)")
-        for n in sorted(set(masks) - set(images)):
-            raise DataError(f"{masks[n]}: mask has no image (expected {folder.name}_{n}.tif beside it)")
+        if no_mask := sorted(set(images) - set(masks)):
+            path = images[no_mask[0]]
+            raise DataError(f"{path}: image has no mask (expected {path.stem}_mask.tif beside it)")
+        if no_image := sorted(set(masks) - set(images)):
+            raise DataError(f"{masks[no_image[0]]}: mask has no image "
+                            f"(expected {folder.name}_{no_image[0]}.tif beside it)")
         for n in sorted(images):
             pixels = int(read_mask(masks[n]).sum())
             rows.append({"patient": folder.name, "institution": folder.name.split("_")[1], "slice": n,
                          "image_path": str(images[n]), "mask_path": str(masks[n]),
                          "has_tumour": pixels > 0, "tumour_pixels": pixels})
     if not rows:
-        raise DataError(f"{root}: no kaggle_3m slices found (expected patient folders like "
-                        f"TCGA_CS_4941_19960909/ holding TCGA_..._<n>.tif and TCGA_..._<n>_mask.tif)")
+        raise DataError(f"{root}: no kaggle_3m slices found (expected {EXPECTED_LAYOUT})")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
-from .data import DataError, find_kaggle_3m
+from .data import EXPECTED_LAYOUT, DataError, find_kaggle_3m
 from .synthetic import write_synthetic_dataset
 
 KAGGLE_DATASET = "mateuszbuda/lgg-mri-segmentation"
@@ -54,8 +54,7 @@ def resolve_data(cfg: Config, kaggle_input: Path = KAGGLE_INPUT) -> DataSource:
     if cfg.data_dir is not None:
         path = find_kaggle_3m(cfg.data_dir)
         if path is None:
-            raise DataError(f"{cfg.data_dir}: data_dir has no kaggle_3m slices (expected patient folders like "
-                            f"TCGA_CS_4941_19960909/ with TCGA_..._<n>.tif and _mask.tif files)")
+            raise DataError(f"{cfg.data_dir}: data_dir has no kaggle_3m slices (expected {EXPECTED_LAYOUT})")
         source = DataSource(path, "config")
     elif kaggle_input.is_dir() and (path := _kaggle_input(kaggle_input)) is not None:
         source = DataSource(path, "kaggle-input")
