@@ -33,11 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float)
     train.add_argument("--loss", choices=("bce", "dice", "bce_dice"), default=Config.loss)
     train.add_argument("--val-fraction", type=float, default=Config.val_fraction)
+    train.add_argument("--time-budget", type=float, help="seconds of training; stops cleanly, keeps best.pt")
+    train.add_argument("--patience", type=int, help="stop after N epochs without a better validation Dice")
     train.add_argument("--seed", type=int, default=Config.seed)
     train.add_argument("--workers", type=int)
     train.add_argument("--device", default=Config.device, help="auto, cpu, cuda, cuda:1 ...")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint on every labelled patient under a folder")
+    evaluate.add_argument("--checkpoint", required=True, help="RUN/best.pt")
+    evaluate.add_argument("--data-dir", required=True, help="a kaggle_3m folder with masks")
+    evaluate.add_argument("--report", default="report.json", help="JSON file to write (default: %(default)s)")
+    evaluate.add_argument("--device", default=Config.device)
 
     synth = commands.add_parser("synth", help="write synthetic tiles in the kaggle_3m layout")
     synth.add_argument("--out", required=True, help="folder to create kaggle_3m/ in")
@@ -58,11 +66,34 @@ def _train(args: argparse.Namespace) -> None:
 
     cfg = Config(data_dir=args.data_dir, run_dir=args.out, epochs=args.epochs, image_size=args.image_size,
                  features=args.features, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-                 val_fraction=args.val_fraction, seed=args.seed, workers=args.workers, device=args.device,
+                 val_fraction=args.val_fraction, time_budget=args.time_budget, patience=args.patience,
+                 seed=args.seed, workers=args.workers, device=args.device,
                  augment=not args.no_augment)
     source = resolve_data(cfg)
     result = train_run(cfg, load_dataset(source.path), progress=not args.quiet)
     print(f"best epoch {result.best_epoch}: validation Dice {result.best_val_dice:.3f} -> {result.run_dir}/best.pt")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import dataclasses
+    import json
+
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .inference import report
+
+    device = Config(device=args.device).torch_device()
+    model, cfg, info = load_checkpoint(args.checkpoint, device)
+    cfg = dataclasses.replace(cfg, device=str(device), workers=0 if device.type == "cpu" else cfg.workers)
+    table = load_dataset(args.data_dir)
+    scores = report(model, table, cfg)
+    scores.update(checkpoint=str(args.checkpoint), data_dir=str(args.data_dir), threshold=cfg.threshold,
+                  epoch=info.get("epoch"))
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text(json.dumps(scores, indent=2) + "\n")
+    print(f"{scores['n_patients']} patients / {scores['n_slices']} slices: mean patient Dice "
+          f"{scores['mean_patient_dice']:.3f}, median {scores['median_patient_dice']:.3f}, "
+          f"tumour-slice Dice {scores['tumour_slice_dice']:.3f} -> {args.report}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             _train(args)
+        elif args.command == "evaluate":
+            _evaluate(args)
         elif args.command == "synth":
             from .synthetic import write_synthetic_dataset
             print(write_synthetic_dataset(args.out, args.patients, args.slices, args.seed))

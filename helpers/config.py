@@ -46,6 +46,8 @@ class Config:
     dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
     threshold: float = 0.5  # probability above which a pixel is tumour
     val_fraction: float = 0.2  # share of *patients* held out for validation
+    time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
+    patience: int | None = None  # stop after this many epochs without a better validation Dice
     augment: bool = True
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import GroupShuffleSplit
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from torch.utils.data import Dataset
 
 SLICE_RE = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
@@ -105,6 +105,17 @@ def split_patients(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple
     return table.iloc[train_idx].reset_index(drop=True), table.iloc[val_idx].reset_index(drop=True)
 
 
+def patient_folds(table: pd.DataFrame, k: int, seed: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``k`` (train, validation) pairs for patient-level cross-validation: every patient is validated exactly
+    once, folds balanced by institution where the counts allow."""
+    n_patients = table["patient"].nunique()
+    if not 2 <= k <= n_patients:
+        raise DataError(f"k-fold needs 2 <= k <= number of patients ({n_patients}), got k={k}")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(table.iloc[tr].reset_index(drop=True), table.iloc[va].reset_index(drop=True))
+            for tr, va in splitter.split(table, table["institution"], groups=table["patient"])]
+
+
 def channel_stats(table: pd.DataFrame, max_slices: int = 400, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation (in 0..1 units) over a random sample of slices."""
     sample = table.sample(n=min(max_slices, len(table)), random_state=seed)
@@ -113,19 +124,27 @@ def channel_stats(table: pd.DataFrame, max_slices: int = 400, seed: int = 0) -> 
 
 
 class SliceDataset(Dataset):
-    """(image, mask) pairs from a slice table: image (3, H, W) float, mask (1, H, W) float in {0, 1}."""
+    """(image, mask) pairs from a slice table: image (3, H, W) float, mask (1, H, W) float in {0, 1}.
 
-    def __init__(self, table: pd.DataFrame, transform: Callable[..., dict] | None = None) -> None:
+    With ``native_masks`` the transform touches the image only and the mask keeps the slice's own resolution,
+    so scores are computed at 256x256 whatever size the model runs at.
+    """
+
+    def __init__(self, table: pd.DataFrame, transform: Callable[..., dict] | None = None,
+                 native_masks: bool = False) -> None:
         self.images = table["image_path"].tolist()
         self.masks = table["mask_path"].tolist()
         self.transform = transform
+        self.native_masks = native_masks
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = read_image(self.images[i]), read_mask(self.masks[i])
-        if self.transform is not None:
+        if self.transform is not None and self.native_masks:
+            image = self.transform(image=image)["image"]
+        elif self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()

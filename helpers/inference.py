@@ -1,42 +1,56 @@
-"""Running a trained model over slice tables: probabilities, validation loss and per-patient Dice."""
+"""Running a trained model over slice tables: probabilities, validation loss and scores.
+
+Scores are computed at each slice's own resolution (256x256 in the dataset): logits are upsampled from the
+model's input size before thresholding, so a model trained at 128px is judged on the same pixels as one at 256.
+"""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import Config
 from .data import SliceDataset
-from .metrics import overlap_counts, patient_dice
+from .metrics import overlap_counts, patient_dice, summarize
 from .transforms import eval_transform
 
 
 def make_eval_loader(table: pd.DataFrame, cfg: Config) -> DataLoader:
-    """Slices in table order, preprocessed as at validation time."""
-    return DataLoader(SliceDataset(table, eval_transform(cfg)), batch_size=cfg.batch_size, shuffle=False,
+    """Slices in table order: images preprocessed as at validation time, masks at their own resolution."""
+    return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True), batch_size=cfg.batch_size,
+                      shuffle=False,
                       num_workers=cfg.workers, pin_memory=cfg.torch_device().type == "cuda")
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, patients: list[str], cfg: Config,
-             loss_fn: nn.Module | None = None) -> tuple[float, pd.Series]:
-    """Mean loss per slice (NaN without ``loss_fn``) and 3-D Dice per patient.
-
-    ``loader`` yields slices in table order and ``patients`` names the patient of each slice.
-    """
+def slice_counts(model: nn.Module, loader: DataLoader, cfg: Config,
+                 loss_fn: nn.Module | None = None) -> tuple[float, np.ndarray]:
+    """Mean loss per slice (NaN without ``loss_fn``) and per-slice (intersection, predicted, true) counts
+    at the masks' resolution, for a loader from :func:`make_eval_loader`."""
     device = cfg.torch_device()
     model.eval()
-    losses, counts = [], []
+    losses, counts, seen = [], [], 0
     for images, masks in loader:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        logits = model(images)
+        logits = model(images).float()
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
         if loss_fn is not None:
             losses.append(loss_fn(logits, masks).item() * len(images))
         counts.append(overlap_counts(torch.sigmoid(logits), masks, cfg.threshold).cpu())
-    loss = sum(losses) / len(patients) if losses else float("nan")
-    return loss, patient_dice(patients, torch.cat(counts).numpy())
+        seen += len(images)
+    loss = sum(losses) / seen if losses else float("nan")
+    return loss, torch.cat(counts).numpy() if counts else np.zeros((0, 3), np.int64)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, patients: list[str], cfg: Config,
+             loss_fn: nn.Module | None = None) -> tuple[float, pd.Series]:
+    """Mean loss per slice and 3-D Dice per patient; ``patients`` names the patient of each slice in order."""
+    loss, counts = slice_counts(model, loader, cfg, loss_fn)
+    return loss, patient_dice(patients, counts)
 
 
 @torch.no_grad()
@@ -53,3 +67,9 @@ def score_patients(model: nn.Module, table: pd.DataFrame, cfg: Config) -> pd.Ser
     """3-D Dice per patient of ``model`` on the labelled slices of ``table``."""
     _, dice = evaluate(model, make_eval_loader(table, cfg), table["patient"].tolist(), cfg)
     return dice
+
+
+def report(model: nn.Module, table: pd.DataFrame, cfg: Config) -> dict:
+    """Every score of :func:`helpers.metrics.summarize` for ``model`` on the labelled slices of ``table``."""
+    _, counts = slice_counts(model, make_eval_loader(table, cfg), cfg)
+    return summarize(table["patient"].tolist(), counts)

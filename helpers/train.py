@@ -66,12 +66,15 @@ def parallelize(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, progress: bool = True, desc: str = "train") -> float:
-    """One pass over ``loader``; returns the mean loss per image."""
+                    device: torch.device, progress: bool = True, desc: str = "train",
+                    deadline: float = float("inf")) -> float:
+    """One pass over ``loader`` (cut short once ``time.monotonic()`` passes ``deadline``); mean loss per image."""
     model.train()
     total, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for images, masks in bar:
+        if time.monotonic() > deadline:
+            break
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         loss = loss_fn(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
@@ -80,7 +83,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
         total += loss.item() * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
-    return total / max(seen, 1)
+    return total / seen if seen else float("nan")
 
 
 def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progress: bool = True) -> TrainResult:
@@ -114,10 +117,11 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
           f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs")
 
     rows, best_dice, best_epoch = [], -1.0, 0
+    deadline = time.monotonic() + (cfg.time_budget if cfg.time_budget is not None else float("inf"))
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress,
-                                     desc=f"epoch {epoch}/{cfg.epochs}")
+                                     desc=f"epoch {epoch}/{cfg.epochs}", deadline=deadline)
         val_loss, dice = evaluate(model, val_loader, val_table["patient"].tolist(), cfg, loss_fn)
         rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                      "val_dice": float(dice.mean()), "val_dice_median": float(dice.median()),
@@ -129,6 +133,12 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
             save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch, val_dice=best_dice)
         print(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
               f"val Dice {rows[-1]['val_dice']:.3f}  ({rows[-1]['seconds']:.0f}s)")
+        if time.monotonic() > deadline:
+            print(f"time budget of {cfg.time_budget:.0f}s reached after epoch {epoch}; keeping the best epoch")
+            break
+        if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+            print(f"no better validation Dice for {cfg.patience} epochs; stopping early")
+            break
 
     best_model, _, _ = load_checkpoint(run_dir / "best.pt", device)
     return TrainResult(best_model, cfg, pd.DataFrame(rows), train_table, val_table, run_dir, best_epoch, best_dice)

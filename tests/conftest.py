@@ -26,3 +26,11 @@ def real_sample() -> Path:
     if not (REAL_SAMPLE / "data.csv").exists():
         pytest.skip("real LGG sample not present (../shared/data/lgg-sample)")
     return REAL_SAMPLE
+
+
+@pytest.fixture()
+def real_sample_or_synthetic(tmp_path: Path) -> Path:
+    """The real sample when present, else a synthetic tree of the same size."""
+    if (REAL_SAMPLE / "data.csv").exists():
+        return REAL_SAMPLE
+    return write_synthetic_dataset(tmp_path, n_patients=15, n_slices=4, seed=2)

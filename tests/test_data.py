@@ -75,3 +75,18 @@ def test_split_keeps_patients_whole_and_is_reproducible(synthetic_dir):
     assert again["patient"].tolist() == train["patient"].tolist()
     with pytest.raises(DataError, match="at least 2 patients"):
         split_patients(table[table["patient"] == table["patient"].iloc[0]], 0.2, 0)
+
+
+def test_k_fold_validates_every_patient_exactly_once(real_sample_or_synthetic):
+    from helpers.data import patient_folds
+
+    table = load_dataset(real_sample_or_synthetic)
+    folds = patient_folds(table, 5, seed=0)
+    assert len(folds) == 5
+    validated = [p for _, val in folds for p in val["patient"].unique()]
+    assert sorted(validated) == sorted(table["patient"].unique())
+    for train, val in folds:
+        assert set(train["patient"]).isdisjoint(val["patient"])
+        assert len(train) + len(val) == len(table)
+    with pytest.raises(DataError, match="k-fold needs"):
+        patient_folds(table, 1, seed=0)

@@ -38,3 +38,18 @@ def test_losses_prefer_the_right_answer(name):
 def test_unknown_loss_is_rejected():
     with pytest.raises(ValueError, match="loss must be one of"):
         Config(loss="focal")
+
+
+def test_summary_report_keys_and_conventions():
+    from helpers.metrics import summarize
+
+    # patient A: a tumour slice half found plus an empty slice with a false alarm; patient B: perfect.
+    counts = np.array([[2, 2, 4], [0, 2, 0], [3, 3, 3]])
+    out = summarize(["A", "A", "B"], counts)
+    assert out["per_patient"] == {"A": pytest.approx(2 * 2 / (4 + 4)), "B": 1.0}
+    assert out["mean_patient_dice"] == pytest.approx(0.75) and out["median_patient_dice"] == pytest.approx(0.75)
+    # tumour slices only: slice 1 (2*2/(2+4)) and slice 3 (1.0); the empty slice is not counted
+    assert out["tumour_slice_dice"] == pytest.approx((4 / 6 + 1) / 2)
+    assert out["iou"] == pytest.approx((2 / 4 + 1) / 2)
+    assert out["precision"] == pytest.approx(5 / 7) and out["recall"] == pytest.approx(5 / 7)
+    assert (out["n_patients"], out["n_slices"], out["n_tumour_slices"]) == (2, 3, 2)

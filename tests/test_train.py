@@ -44,16 +44,57 @@ def _cli(*args):
                           timeout=600)
 
 
-def test_cli_train_writes_the_run_folder(tmp_path, synthetic_dir):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, synthetic_dir):
+    """A 2-epoch CLI run at 32px: the run folder that the CLI tests read."""
+    out = tmp_path_factory.mktemp("cli") / "run"
     proc = _cli("train", "--data-dir", str(synthetic_dir), "--out", str(out), "--epochs", "2",
                 "--image-size", "32", "--features", "4,8,16,32", "--batch-size", "8", "--lr", "0.003",
                 "--seed", "1", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    assert len(pd.read_csv(out / "history.csv")) == 2
-    cfg = Config.load(out / "config.json")
+    return out
+
+
+def test_cli_train_writes_the_run_folder(tiny_run):
+    assert len(pd.read_csv(tiny_run / "history.csv")) == 2
+    cfg = Config.load(tiny_run / "config.json")
     assert (cfg.image_size, cfg.features, cfg.batch_size, cfg.lr, cfg.seed) == (32, (4, 8, 16, 32), 8, 0.003, 1)
-    assert (out / "best.pt").exists() and (out / "last.pt").exists()
+    assert (tiny_run / "best.pt").exists() and (tiny_run / "last.pt").exists()
+
+
+def test_cli_evaluate_writes_the_report(tiny_run, synthetic_dir, tmp_path):
+    report = tmp_path / "out" / "report.json"
+    proc = _cli("evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data-dir", str(synthetic_dir),
+                "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads(report.read_text())
+    assert {"mean_patient_dice", "median_patient_dice", "per_patient", "tumour_slice_dice", "iou", "precision",
+            "recall", "n_patients", "n_slices"} <= set(scores)
+    table = load_dataset(synthetic_dir)
+    assert scores["n_patients"] == 6 and scores["n_slices"] == len(table)
+    assert sorted(scores["per_patient"]) == sorted(table["patient"].unique())
+    assert all(0.0 <= v <= 1.0 for v in scores["per_patient"].values())
+
+
+def test_scores_are_counted_at_the_original_resolution(synthetic_dir):
+    from helpers.checkpoint import build_model
+    from helpers.inference import make_eval_loader, slice_counts
+
+    table = load_dataset(synthetic_dir).head(10)
+    cfg = Config(image_size=32, features=(4, 8, 16, 32), batch_size=4, workers=0, device="cpu",
+                 mean=(0.1,) * 3, std=(0.2,) * 3)
+    _, counts = slice_counts(build_model(cfg), make_eval_loader(table, cfg), cfg)
+    assert counts[:, 2].tolist() == table["tumour_pixels"].tolist()  # true pixels at 256x256, not 32x32
+
+
+def test_time_budget_and_patience_stop_cleanly(tmp_path, synthetic_dir):
+    table = load_dataset(synthetic_dir)
+    small = dict(image_size=32, features=(4, 8, 16, 32), device="cpu", epochs=50)
+    result = train_run(Config(run_dir=str(tmp_path / "budget"), time_budget=0.0, **small), table, progress=False)
+    assert len(result.history) == 1 and (tmp_path / "budget" / "best.pt").exists()
+    result = train_run(Config(run_dir=str(tmp_path / "patience"), patience=2, lr=0.0, **small), table,
+                       progress=False)
+    assert len(result.history) == 3  # lr 0 never improves after epoch 1: epochs 2 and 3 without gain
 
 
 def test_cli_trains_on_the_real_sample(tmp_path, real_sample):
