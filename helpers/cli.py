@@ -32,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--loss", choices=("bce", "dice", "bce_dice"), default=Config.loss)
+    train.add_argument("--optimizer", choices=("adam", "adamw"), default=Config.optimizer)
+    train.add_argument("--weight-decay", type=float, default=Config.weight_decay)
+    train.add_argument("--schedule", choices=("constant", "cosine"), default=Config.schedule)
+    train.add_argument("--tumour-share", type=float, help="share of tumour slices drawn per epoch")
+    train.add_argument("--tta", action=argparse.BooleanOptionalAction, default=Config.tta,
+                       help="flip test-time augmentation")
+    train.add_argument("--tune-threshold", action=argparse.BooleanOptionalAction, default=Config.tune_threshold,
+                       help="choose the threshold on the validation patients")
+    train.add_argument("--min-component", type=int, default=Config.min_component,
+                       help="drop predicted blobs smaller than this many pixels")
     train.add_argument("--val-fraction", type=float, default=Config.val_fraction)
     train.add_argument("--time-budget", type=float, help="seconds of training; stops cleanly, keeps best.pt")
     train.add_argument("--patience", type=int, help="stop after N epochs without a better validation Dice")
@@ -66,6 +76,9 @@ def _train(args: argparse.Namespace) -> None:
 
     cfg = Config(data_dir=args.data_dir, run_dir=args.out, epochs=args.epochs, image_size=args.image_size,
                  features=args.features, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+                 optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
+                 tumour_share=args.tumour_share, tta=args.tta, tune_threshold=args.tune_threshold,
+                 min_component=args.min_component,
                  val_fraction=args.val_fraction, time_budget=args.time_budget, patience=args.patience,
                  seed=args.seed, workers=args.workers, device=args.device,
                  augment=not args.no_augment)

@@ -22,6 +22,8 @@ SYNTHETIC_CPU_DEFAULTS = {**CPU_DEFAULTS, "image_size": 64, "features": (8, 16, 
 
 AUTO_FIELDS = tuple(GPU_DEFAULTS)
 LOSSES = ("bce", "dice", "bce_dice")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -41,10 +43,17 @@ class Config:
     batch_size: int | None = None
     epochs: int | None = None
     lr: float | None = None
+    optimizer: str = "adam"  # the seed's Adam; or "adamw" (decoupled weight decay)
     weight_decay: float = 0.0
+    schedule: str = "constant"  # or "cosine": linear warm-up, then cosine decay over the run (or time budget)
+    warmup: float = 0.05  # share of the run spent warming up, with schedule="cosine"
     loss: str = "bce"  # the seed's BCEWithLogitsLoss; also "dice", "bce_dice"
     dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
+    tumour_share: float | None = None  # share of tumour slices drawn per epoch; None = as in the data
     threshold: float = 0.5  # probability above which a pixel is tumour
+    tune_threshold: bool = False  # after training, pick the threshold that maximises validation Dice
+    tta: bool = False  # average the prediction with that of the horizontally flipped slice
+    min_component: int = 0  # drop predicted blobs smaller than this many pixels (at 256x256)
     val_fraction: float = 0.2  # share of *patients* held out for validation
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
     patience: int | None = None  # stop after this many epochs without a better validation Dice
@@ -64,8 +73,11 @@ class Config:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, tuple(float(v) for v in value))
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name, allowed in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.tumour_share is not None and not 0.0 < self.tumour_share < 1.0:
+            raise ValueError(f"tumour_share must be between 0 and 1, got {self.tumour_share}")
         if self.image_size is not None and self.image_size < 16:
             raise ValueError(f"image_size must be at least 16 (four 2x2 poolings), got {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -88,6 +100,8 @@ class Config:
         else:
             defaults = SYNTHETIC_CPU_DEFAULTS if synthetic else CPU_DEFAULTS
         chosen = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.time_budget is not None and self.epochs is None:
+            chosen["epochs"] = 10_000  # the budget ends the run; the schedule follows the clock
         return dataclasses.replace(self, **chosen)
 
     def to_dict(self) -> dict[str, Any]:

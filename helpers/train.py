@@ -6,6 +6,7 @@ The notebook and ``python -m helpers train`` both call :func:`fit`, so they writ
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -15,13 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import SliceDataset, channel_stats, split_patients
-from .inference import evaluate, make_eval_loader
+from .inference import choose_threshold, evaluate, make_eval_loader
 from .losses import build_loss
 from .synthetic import is_synthetic_table
 from .transforms import train_transform
@@ -65,9 +66,51 @@ def parallelize(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+class LearningRate:
+    """Linear warm-up then cosine decay to zero, driven by progress in [0, 1]: the larger of the share of steps
+    done and the share of the time budget spent, so a run cut by ``--time-budget`` still ends its decay."""
+
+    def __init__(self, cfg: Config, total_steps: int) -> None:
+        self.cfg, self.total_steps, self.step_count = cfg, max(total_steps, 1), 0
+        self.start = time.monotonic()
+
+    def progress(self) -> float:
+        done = self.step_count / self.total_steps
+        if self.cfg.time_budget:
+            done = max(done, (time.monotonic() - self.start) / self.cfg.time_budget)
+        return min(done, 1.0)
+
+    def __call__(self) -> float:
+        if self.cfg.schedule == "constant":
+            return self.cfg.lr
+        p = self.progress()
+        if p < self.cfg.warmup:
+            return self.cfg.lr * (0.1 + 0.9 * p / self.cfg.warmup)
+        return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * (p - self.cfg.warmup) / (1 - self.cfg.warmup)))
+
+
+def make_train_loader(cfg: Config, train_table: pd.DataFrame) -> DataLoader:
+    """Shuffled, augmented training slices; with ``cfg.tumour_share`` tumour slices are drawn at that share."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = None
+    if cfg.tumour_share is not None and 0 < train_table["has_tumour"].mean() < 1:
+        tumour = train_table["has_tumour"].to_numpy()
+        weights = np.where(tumour, cfg.tumour_share / tumour.sum(), (1 - cfg.tumour_share) / (~tumour).sum())
+        sampler = WeightedRandomSampler(torch.as_tensor(weights), len(train_table), generator=generator)
+    return DataLoader(SliceDataset(train_table, train_transform(cfg)), batch_size=cfg.batch_size,
+                      shuffle=sampler is None, sampler=sampler, generator=generator,
+                      drop_last=len(train_table) > cfg.batch_size, num_workers=cfg.workers,
+                      pin_memory=cfg.torch_device().type == "cuda", persistent_workers=cfg.workers > 0)
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     device: torch.device, progress: bool = True, desc: str = "train",
-                    deadline: float = float("inf")) -> float:
+                    deadline: float = float("inf"), schedule: LearningRate | None = None) -> float:
     """One pass over ``loader`` (cut short once ``time.monotonic()`` passes ``deadline``); mean loss per image."""
     model.train()
     total, seen = 0.0, 0
@@ -75,6 +118,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
     for images, masks in bar:
         if time.monotonic() > deadline:
             break
+        if schedule is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = schedule()
+            schedule.step_count += 1
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         loss = loss_fn(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
@@ -103,15 +150,14 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     split = pd.concat([train_table.assign(split="train"), val_table.assign(split="val")])
     split.groupby("patient", sort=False)["split"].first().reset_index().to_csv(run_dir / "split.csv", index=False)
 
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(SliceDataset(train_table, train_transform(cfg)), batch_size=cfg.batch_size,
-                              shuffle=True, drop_last=len(train_table) > cfg.batch_size, generator=generator,
-                              num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                              persistent_workers=cfg.workers > 0)
+    train_loader = make_train_loader(cfg, train_table)
     val_loader = make_eval_loader(val_table, cfg)
+    # Per-epoch model selection scores plain predictions; TTA and blob removal are for the final choices.
+    select_cfg = dataclasses.replace(cfg, tta=False, min_component=0)
     model = parallelize(build_model(cfg), device)
     loss_fn = build_loss(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, model)
+    schedule = LearningRate(cfg, cfg.epochs * len(train_loader))
     print(f"training on {device}: {train_table['patient'].nunique()} patients / {len(train_table)} slices, "
           f"validating on {val_table['patient'].nunique()} patients / {len(val_table)} slices, "
           f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs")
@@ -121,8 +167,8 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress,
-                                     desc=f"epoch {epoch}/{cfg.epochs}", deadline=deadline)
-        val_loss, dice = evaluate(model, val_loader, val_table["patient"].tolist(), cfg, loss_fn)
+                                     desc=f"epoch {epoch}/{cfg.epochs}", deadline=deadline, schedule=schedule)
+        val_loss, dice = evaluate(model, val_loader, val_table["patient"].tolist(), select_cfg, loss_fn)
         rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                      "val_dice": float(dice.mean()), "val_dice_median": float(dice.median()),
                      "seconds": time.perf_counter() - start})
@@ -141,6 +187,14 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
             break
 
     best_model, _, _ = load_checkpoint(run_dir / "best.pt", device)
+    if cfg.tune_threshold:
+        curve = choose_threshold(best_model, val_table, cfg)
+        curve.sort_index().to_csv(run_dir / "threshold_curve.csv")
+        cfg = dataclasses.replace(cfg, threshold=float(curve.index[0]))
+        best_dice = float(curve.iloc[0])
+        print(f"threshold {cfg.threshold:.2f} (validation Dice {best_dice:.3f}; 0.5 gives {curve[0.5]:.3f})")
+        save_checkpoint(run_dir / "best.pt", best_model, cfg, epoch=best_epoch, val_dice=best_dice)
+        cfg.save(run_dir / "config.json")
     return TrainResult(best_model, cfg, pd.DataFrame(rows), train_table, val_table, run_dir, best_epoch, best_dice)
 
 
