@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="flip test-time augmentation")
     train.add_argument("--tune-threshold", action=argparse.BooleanOptionalAction, default=Config.tune_threshold,
                        help="choose the threshold on the validation patients")
+    train.add_argument("--intensity", choices=("dataset", "volume"), default=Config.intensity,
+                       help="'volume': rescale each patient by its own bright level first")
     train.add_argument("--min-component", type=int, default=Config.min_component,
                        help="drop predicted blobs smaller than this many pixels")
     train.add_argument("--val-fraction", type=float, default=Config.val_fraction)
@@ -78,7 +80,7 @@ def _train(args: argparse.Namespace) -> None:
                  features=args.features, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
                  optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
                  tumour_share=args.tumour_share, tta=args.tta, tune_threshold=args.tune_threshold,
-                 min_component=args.min_component,
+                 min_component=args.min_component, intensity=args.intensity,
                  val_fraction=args.val_fraction, time_budget=args.time_budget, patience=args.patience,
                  seed=args.seed, workers=args.workers, device=args.device,
                  augment=not args.no_augment)

@@ -24,6 +24,7 @@ AUTO_FIELDS = tuple(GPU_DEFAULTS)
 LOSSES = ("bce", "dice", "bce_dice")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+INTENSITIES = ("dataset", "volume")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Config:
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
     patience: int | None = None  # stop after this many epochs without a better validation Dice
     augment: bool = True
+    intensity: str = "dataset"  # "volume": rescale each patient by its own bright level before normalising
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     seed: int = 42
@@ -73,7 +75,8 @@ class Config:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, tuple(float(v) for v in value))
-        for name, allowed in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        for name, allowed in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("intensity", INTENSITIES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.tumour_share is not None and not 0.0 < self.tumour_share < 1.0:

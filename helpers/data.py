@@ -116,24 +116,50 @@ def patient_folds(table: pd.DataFrame, k: int, seed: int) -> list[tuple[pd.DataF
             for tr, va in splitter.split(table, table["institution"], groups=table["patient"])]
 
 
-def channel_stats(table: pd.DataFrame, max_slices: int = 400, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation (in 0..1 units) over a random sample of slices."""
+def volume_scales(table: pd.DataFrame, percentile: float = 99.0) -> dict[str, np.ndarray]:
+    """Per patient, each channel's ``percentile`` over the volume's non-zero pixels.
+
+    Scanners and institutions differ in overall brightness; dividing each volume by its own bright level
+    (see :func:`rescale`) puts every patient on one scale before the dataset-wide normalisation.
+    """
+    scales = {}
+    for patient, rows in table.groupby("patient", sort=False):
+        pixels = np.stack([read_image(p) for p in rows["image_path"]]).reshape(-1, 3)
+        scales[patient] = np.array([max(np.percentile(c[c > 0], percentile) if (c > 0).any() else 255.0, 1.0)
+                                    for c in pixels.T], np.float32)
+    return scales
+
+
+def rescale(image: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Map a volume's per-channel bright level to 255, still uint8."""
+    return np.clip(image.astype(np.float32) * (255.0 / scale), 0, 255).astype(np.uint8)
+
+
+def channel_stats(table: pd.DataFrame, max_slices: int = 400, seed: int = 0,
+                  scales: dict[str, np.ndarray] | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation (in 0..1 units) over a random sample of slices
+    (after :func:`rescale` when ``scales`` are given)."""
     sample = table.sample(n=min(max_slices, len(table)), random_state=seed)
-    pixels = np.stack([read_image(p) for p in sample["image_path"]]).reshape(-1, 3).astype(np.float64) / 255
+    images = [read_image(p) for p in sample["image_path"]]
+    if scales is not None:
+        images = [rescale(im, scales[pt]) for im, pt in zip(images, sample["patient"])]
+    pixels = np.stack(images).reshape(-1, 3).astype(np.float64) / 255
     return tuple(pixels.mean(0).round(5).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).round(5).tolist())
 
 
 class SliceDataset(Dataset):
     """(image, mask) pairs from a slice table: image (3, H, W) float, mask (1, H, W) float in {0, 1}.
 
+    With ``scales`` (from :func:`volume_scales`) each slice is first rescaled by its volume's bright level.
     With ``native_masks`` the transform touches the image only and the mask keeps the slice's own resolution,
     so scores are computed at 256x256 whatever size the model runs at.
     """
 
     def __init__(self, table: pd.DataFrame, transform: Callable[..., dict] | None = None,
-                 native_masks: bool = False) -> None:
+                 native_masks: bool = False, scales: dict[str, np.ndarray] | None = None) -> None:
         self.images = table["image_path"].tolist()
         self.masks = table["mask_path"].tolist()
+        self.scales = None if scales is None else [scales[p] for p in table["patient"]]
         self.transform = transform
         self.native_masks = native_masks
 
@@ -142,6 +168,8 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = read_image(self.images[i]), read_mask(self.masks[i])
+        if self.scales is not None:
+            image = rescale(image, self.scales[i])
         if self.transform is not None and self.native_masks:
             image = self.transform(image=image)["image"]
         elif self.transform is not None:

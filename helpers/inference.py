@@ -14,14 +14,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import Config
-from .data import SliceDataset
+from .data import SliceDataset, volume_scales
 from .metrics import overlap_counts, patient_dice, summarize
 from .transforms import eval_transform
 
 
 def make_eval_loader(table: pd.DataFrame, cfg: Config) -> DataLoader:
     """Slices in table order: images preprocessed as at validation time, masks at their own resolution."""
-    return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True), batch_size=cfg.batch_size,
+    scales = volume_scales(table) if cfg.intensity == "volume" else None
+    return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True, scales=scales),
+                      batch_size=cfg.batch_size,
                       shuffle=False,
                       num_workers=cfg.workers, pin_memory=cfg.torch_device().type == "cuda")
 

@@ -131,3 +131,33 @@ def plot_predictions(table: pd.DataFrame, probs: np.ndarray, cfg: Config, n: int
         _show(ax_row[2], image, "prediction", ((pred, "yellow"),))
     fig.tight_layout()
     return fig
+
+
+def plot_patient_dice(per_patient: pd.Series) -> Figure:
+    """Dice per patient, sorted, with the mean and median marked."""
+    values = per_patient.sort_values()
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(values)), 3.5))
+    ax.bar(range(len(values)), values.to_numpy(), color="tab:blue")
+    ax.axhline(values.mean(), color="tab:red", label=f"mean {values.mean():.3f}")
+    ax.axhline(values.median(), color="tab:orange", ls="--", label=f"median {values.median():.3f}")
+    ax.set_xticks(range(len(values)), [p[:12] for p in values.index], rotation=90, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice")
+    ax.set_title(f"Dice per patient ({len(values)} patients)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_threshold_curve(curve: pd.Series, chosen: float) -> Figure:
+    """Mean patient Dice against the decision threshold (as :func:`helpers.inference.choose_threshold` gives)."""
+    curve = curve.sort_index()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(curve.index, curve.to_numpy(), marker="o")
+    ax.axvline(chosen, color="tab:red", ls="--", label=f"threshold {chosen:.2f}")
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("mean patient Dice")
+    ax.set_title("Threshold curve (validation patients)")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .config import Config
-from .data import SliceDataset, channel_stats, split_patients
+from .data import SliceDataset, channel_stats, split_patients, volume_scales
 from .inference import choose_threshold, evaluate, make_eval_loader
 from .losses import build_loss
 from .synthetic import is_synthetic_table
@@ -52,7 +52,8 @@ def prepare_config(cfg: Config, train_table: pd.DataFrame) -> Config:
     """Fill sizes for this hardware and the normalisation statistics from the training patients."""
     cfg = cfg.resolved(synthetic=is_synthetic_table(train_table))
     if cfg.mean is None or cfg.std is None:
-        mean, std = channel_stats(train_table, seed=cfg.seed)
+        scales = volume_scales(train_table) if cfg.intensity == "volume" else None
+        mean, std = channel_stats(train_table, seed=cfg.seed, scales=scales)
         cfg = dataclasses.replace(cfg, mean=mean, std=std)
     return cfg
 
@@ -97,7 +98,8 @@ def make_train_loader(cfg: Config, train_table: pd.DataFrame) -> DataLoader:
         tumour = train_table["has_tumour"].to_numpy()
         weights = np.where(tumour, cfg.tumour_share / tumour.sum(), (1 - cfg.tumour_share) / (~tumour).sum())
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(train_table), generator=generator)
-    return DataLoader(SliceDataset(train_table, train_transform(cfg)), batch_size=cfg.batch_size,
+    scales = volume_scales(train_table) if cfg.intensity == "volume" else None
+    return DataLoader(SliceDataset(train_table, train_transform(cfg), scales=scales), batch_size=cfg.batch_size,
                       shuffle=sampler is None, sampler=sampler, generator=generator,
                       drop_last=len(train_table) > cfg.batch_size, num_workers=cfg.workers,
                       pin_memory=cfg.torch_device().type == "cuda", persistent_workers=cfg.workers > 0)

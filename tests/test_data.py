@@ -90,3 +90,19 @@ def test_k_fold_validates_every_patient_exactly_once(real_sample_or_synthetic):
         assert len(train) + len(val) == len(table)
     with pytest.raises(DataError, match="k-fold needs"):
         patient_folds(table, 1, seed=0)
+
+
+def test_volume_rescaling_removes_a_patients_overall_brightness(tmp_path):
+    from helpers.data import rescale, volume_scales
+
+    root = write_synthetic_dataset(tmp_path, n_patients=2, n_slices=6, seed=4)
+    dim = sorted(root.glob("TCGA_*"))[1]
+    for f in dim.glob("*[0-9].tif"):  # the second patient's scanner is 40% darker
+        image = cv2.imread(str(f))
+        cv2.imwrite(str(f), (image * 0.6).astype(np.uint8))
+    table = load_dataset(root)
+    scales = volume_scales(table)
+    bright, dark = (scales[p] for p in sorted(scales))
+    assert np.allclose(dark / bright, 0.6, atol=0.03)
+    first = [rescale(read_image(table[table.patient == p].image_path.iloc[3]), scales[p]) for p in sorted(scales)]
+    assert abs(float(first[0].mean()) - float(first[1].mean())) < 0.1 * float(first[0].mean())
