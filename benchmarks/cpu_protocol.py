@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--time-budget", type=float, default=480)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only-fold", type=int, help="run just this fold (a quicker development signal)")
     parser.add_argument("--out", default="runs/cpu_protocol")
     parser.add_argument("--json", default=None, help="default: OUT/results.json")
     parser.add_argument("train_args", nargs="*", help="extra flags for 'train', after --")
@@ -49,6 +50,8 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, (train, held_out) in enumerate(patient_folds(table, args.folds, args.seed)):
+            if args.only_fold is not None and k != args.only_fold:
+                continue
             train_dir = _link_patients(sorted(train["patient"].unique()), source, Path(tmp) / f"train{k}" / "kaggle_3m")
             test_dir = _link_patients(sorted(held_out["patient"].unique()), source, Path(tmp) / f"test{k}" / "kaggle_3m")
             run = out / f"fold{k}"
