@@ -25,6 +25,7 @@ LOSSES = ("bce", "dice", "bce_dice")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 INTENSITIES = ("dataset", "volume")
+AMPS = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass
@@ -54,17 +55,23 @@ class Config:
     threshold: float = 0.5  # probability above which a pixel is tumour
     tune_threshold: bool = False  # after training, pick the threshold that maximises validation Dice
     tta: bool = False  # average the prediction with that of the horizontally flipped slice
-    min_component: int = 0  # drop predicted blobs smaller than this many pixels (at 256x256)
+    min_component: int = 0  # drop predicted 2-D blobs smaller than this many pixels (at 256x256)
+    min_volume_share: float = 0.0  # keep 3-D regions with at least this share of the largest one's voxels
     val_fraction: float = 0.2  # share of *patients* held out for validation
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
     patience: int | None = None  # stop after this many epochs without a better validation Dice
+    select_after: float = 0.0  # cosine schedule: epochs before this share of the run are not candidates for best.pt
     augment: bool = True
+    intensity_jitter: float = 0.1  # brightness/contrast change of up to this share, in training
+    channel_gain: float = 0.0  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
     intensity: str = "dataset"  # "volume": rescale each patient by its own bright level before normalising
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     seed: int = 42
     workers: int | None = None  # DataLoader worker processes
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: str = "auto"  # mixed precision: "auto" (bf16/fp16 where the hardware has it), "off", "bf16", "fp16"
+    channels_last: bool = True  # NHWC memory layout, faster convolutions on GPU and CPU
     synthetic_patients: int = 10  # used only when no real data is found
     synthetic_slices: int = 24
 
@@ -76,13 +83,20 @@ class Config:
             if value is not None:
                 setattr(self, name, tuple(float(v) for v in value))
         for name, allowed in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("intensity", INTENSITIES)):
+                              ("intensity", INTENSITIES), ("amp", AMPS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.tumour_share is not None and not 0.0 < self.tumour_share < 1.0:
             raise ValueError(f"tumour_share must be between 0 and 1, got {self.tumour_share}")
         if self.image_size is not None and self.image_size < 16:
             raise ValueError(f"image_size must be at least 16 (four 2x2 poolings), got {self.image_size}")
+        for name in ("intensity_jitter", "channel_gain"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.select_after <= 1.0:
+            raise ValueError(f"select_after must be between 0 and 1, got {self.select_after}")
+        if not 0.0 <= self.min_volume_share <= 1.0:
+            raise ValueError(f"min_volume_share must be between 0 and 1, got {self.min_volume_share}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
 

@@ -24,6 +24,7 @@ from .config import Config
 from .data import SliceDataset, channel_stats, split_patients, volume_scales
 from .inference import choose_threshold, evaluate, make_eval_loader
 from .losses import build_loss
+from .precision import amp_dtype, autocast, grad_scaler, place_model, to_layout
 from .synthetic import is_synthetic_table
 from .transforms import train_transform
 
@@ -58,10 +59,11 @@ def prepare_config(cfg: Config, train_table: pd.DataFrame) -> Config:
     return cfg
 
 
-def parallelize(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move to ``device``; wrap in DataParallel when more than one GPU is visible (the seed's choice)."""
-    model = model.to(device)
-    if device.type == "cuda" and torch.cuda.device_count() > 1:
+def parallelize(model: nn.Module, cfg: Config) -> nn.Module:
+    """Move to ``cfg``'s device and layout; wrap in DataParallel when more than one GPU is visible (the seed's
+    choice)."""
+    model = place_model(model, cfg)
+    if cfg.torch_device().type == "cuda" and torch.cuda.device_count() > 1:
         print(f"DataParallel over {torch.cuda.device_count()} GPUs")
         model = nn.DataParallel(model)
     return model
@@ -111,9 +113,13 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, progress: bool = True, desc: str = "train",
-                    deadline: float = float("inf"), schedule: LearningRate | None = None) -> float:
-    """One pass over ``loader`` (cut short once ``time.monotonic()`` passes ``deadline``); mean loss per image."""
+                    cfg: Config, progress: bool = True, desc: str = "train", deadline: float = float("inf"),
+                    schedule: LearningRate | None = None, scaler: torch.amp.GradScaler | None = None) -> float:
+    """One pass over ``loader`` (cut short once ``time.monotonic()`` passes ``deadline``); mean loss per image.
+
+    The forward pass runs under ``cfg``'s mixed precision; the loss is computed in fp32."""
+    device = cfg.torch_device()
+    scaler = scaler if scaler is not None else grad_scaler(cfg)
     model.train()
     total, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
@@ -124,11 +130,14 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
             for group in optimizer.param_groups:
                 group["lr"] = schedule()
             schedule.step_count += 1
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        loss = loss_fn(model(images), masks)
+        images, masks = to_layout(images.to(device, non_blocking=True), cfg), masks.to(device, non_blocking=True)
+        with autocast(cfg):
+            logits = model(images)
+        loss = loss_fn(logits.float(), masks)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         total += loss.item() * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
@@ -155,28 +164,33 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     train_loader = make_train_loader(cfg, train_table)
     val_loader = make_eval_loader(val_table, cfg)
     # Per-epoch model selection scores plain predictions; TTA and blob removal are for the final choices.
-    select_cfg = dataclasses.replace(cfg, tta=False, min_component=0)
-    model = parallelize(build_model(cfg), device)
+    select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0)
+    model = parallelize(build_model(cfg), cfg)
     loss_fn = build_loss(cfg)
     optimizer = make_optimizer(cfg, model)
     schedule = LearningRate(cfg, cfg.epochs * len(train_loader))
+    scaler = grad_scaler(cfg)
     print(f"training on {device}: {train_table['patient'].nunique()} patients / {len(train_table)} slices, "
           f"validating on {val_table['patient'].nunique()} patients / {len(val_table)} slices, "
-          f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs")
+          f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs, precision {amp_dtype(cfg) or 'fp32'}")
 
     rows, best_dice, best_epoch = [], -1.0, 0
     deadline = time.monotonic() + (cfg.time_budget if cfg.time_budget is not None else float("inf"))
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress,
-                                     desc=f"epoch {epoch}/{cfg.epochs}", deadline=deadline, schedule=schedule)
+        train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, cfg, progress,
+                                     desc=f"epoch {epoch}/{cfg.epochs}", deadline=deadline, schedule=schedule,
+                                     scaler=scaler)
         val_loss, dice = evaluate(model, val_loader, val_table["patient"].tolist(), select_cfg, loss_fn)
         rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                      "val_dice": float(dice.mean()), "val_dice_median": float(dice.median()),
                      "seconds": time.perf_counter() - start})
         pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
         save_checkpoint(run_dir / "last.pt", model, cfg, epoch=epoch, val_dice=rows[-1]["val_dice"])
-        if rows[-1]["val_dice"] > best_dice:
+        # With a decaying schedule, early high-learning-rate epochs are not candidates: their validation Dice on
+        # a few patients is noisy, and picking its maximum there loses to the annealed model (README, "Accuracy").
+        eligible = cfg.schedule == "constant" or schedule.progress() >= cfg.select_after
+        if eligible and rows[-1]["val_dice"] > best_dice:
             best_dice, best_epoch = rows[-1]["val_dice"], epoch
             save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch, val_dice=best_dice)
         print(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
@@ -184,10 +198,13 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         if time.monotonic() > deadline:
             print(f"time budget of {cfg.time_budget:.0f}s reached after epoch {epoch}; keeping the best epoch")
             break
-        if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+        if cfg.patience is not None and best_epoch and epoch - best_epoch >= cfg.patience:
             print(f"no better validation Dice for {cfg.patience} epochs; stopping early")
             break
 
+    if not best_epoch:  # stopped before any epoch was a candidate: the last one is the best there is
+        best_dice, best_epoch = rows[-1]["val_dice"], rows[-1]["epoch"]
+        save_checkpoint(run_dir / "best.pt", model, cfg, epoch=best_epoch, val_dice=best_dice)
     best_model, _, _ = load_checkpoint(run_dir / "best.pt", device)
     if cfg.tune_threshold:
         curve = choose_threshold(best_model, val_table, cfg)
