@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from .config import Config
+from .config import AMPS, INTENSITIES, LOSSES, OPTIMIZERS, SCHEDULES, Config
 from .data import DataError
 
 
@@ -31,26 +32,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--features", type=_features, help="U-Net widths, e.g. 16,32,64,128")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
-    train.add_argument("--loss", choices=("bce", "dice", "bce_dice"), default=Config.loss)
-    train.add_argument("--optimizer", choices=("adam", "adamw"), default=Config.optimizer)
+    train.add_argument("--loss", choices=LOSSES, default=Config.loss)
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer)
     train.add_argument("--weight-decay", type=float, default=Config.weight_decay)
-    train.add_argument("--schedule", choices=("constant", "cosine"), default=Config.schedule)
+    train.add_argument("--schedule", choices=SCHEDULES, default=Config.schedule)
     train.add_argument("--tumour-share", type=float, help="share of tumour slices drawn per epoch")
     train.add_argument("--tta", action=argparse.BooleanOptionalAction, default=Config.tta,
                        help="flip test-time augmentation")
     train.add_argument("--tune-threshold", action=argparse.BooleanOptionalAction, default=Config.tune_threshold,
                        help="choose the threshold on the validation patients")
-    train.add_argument("--intensity", choices=("dataset", "volume"), default=Config.intensity,
+    train.add_argument("--intensity", choices=INTENSITIES, default=Config.intensity,
                        help="'volume': rescale each patient by its own bright level first")
     train.add_argument("--min-component", type=int, default=Config.min_component,
-                       help="drop predicted blobs smaller than this many pixels")
+                       help="drop predicted 2-D blobs smaller than this many pixels")
+    train.add_argument("--min-volume-share", type=float, default=Config.min_volume_share,
+                       help="keep only 3-D regions with at least this share of the largest region's voxels")
     train.add_argument("--val-fraction", type=float, default=Config.val_fraction)
     train.add_argument("--time-budget", type=float, help="seconds of training; stops cleanly, keeps best.pt")
     train.add_argument("--patience", type=int, help="stop after N epochs without a better validation Dice")
+    train.add_argument("--select-after", type=float, default=Config.select_after,
+                       help="cosine schedule: only epochs after this share of the run can become best.pt")
     train.add_argument("--seed", type=int, default=Config.seed)
     train.add_argument("--workers", type=int)
     train.add_argument("--device", default=Config.device, help="auto, cpu, cuda, cuda:1 ...")
+    train.add_argument("--amp", choices=AMPS, default=Config.amp,
+                       help="mixed precision; auto = bf16/fp16 where the GPU or CPU runs it natively")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=Config.channels_last,
+                       help="NHWC memory layout for convolutions")
     train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--intensity-jitter", type=float, default=Config.intensity_jitter,
+                       help="brightness/contrast augmentation strength")
+    train.add_argument("--channel-gain", type=float, default=Config.channel_gain,
+                       help="per-channel gain augmentation: factors in [1-g, 1+g]")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint on every labelled patient under a folder")
@@ -76,21 +89,16 @@ def _train(args: argparse.Namespace) -> None:
     from .source import resolve_data
     from .train import train_run
 
-    cfg = Config(data_dir=args.data_dir, run_dir=args.out, epochs=args.epochs, image_size=args.image_size,
-                 features=args.features, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-                 optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
-                 tumour_share=args.tumour_share, tta=args.tta, tune_threshold=args.tune_threshold,
-                 min_component=args.min_component, intensity=args.intensity,
-                 val_fraction=args.val_fraction, time_budget=args.time_budget, patience=args.patience,
-                 seed=args.seed, workers=args.workers, device=args.device,
-                 augment=not args.no_augment)
+    # Every train flag is named after the Config field it sets (dashes for underscores), except --out and
+    # --no-augment; the flags' defaults are Config's own.
+    knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+    cfg = Config(**knobs, run_dir=args.out, augment=not args.no_augment)
     source = resolve_data(cfg)
     result = train_run(cfg, load_dataset(source.path), progress=not args.quiet)
     print(f"best epoch {result.best_epoch}: validation Dice {result.best_val_dice:.3f} -> {result.run_dir}/best.pt")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    import dataclasses
     import json
 
     from .checkpoint import load_checkpoint

@@ -5,34 +5,65 @@ model's input size before thresholding, so a model trained at 128px is judged on
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 import cv2
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from .config import Config
 from .data import SliceDataset, volume_scales
 from .metrics import overlap_counts, patient_dice, summarize
+from .precision import autocast, place_model, to_layout
 from .transforms import eval_transform
 
 
+class PatientBatches(Sampler[list[int]]):
+    """Batches of consecutive slice indices that never mix two patients, so predictions stack into volumes."""
+
+    def __init__(self, patients: list[str], batch_size: int) -> None:
+        self.batches: list[list[int]] = []
+        self.owners: list[str] = []
+        start = 0
+        for patient, run in itertools.groupby(patients):
+            n = len(list(run))
+            if patient in self.owners:
+                raise ValueError(f"the slices of patient {patient} are not consecutive in the table; sort it by "
+                                 "patient and slice (load_dataset does)")
+            for i in range(start, start + n, batch_size):
+                self.batches.append(list(range(i, min(i + batch_size, start + n))))
+                self.owners.append(patient)
+            start += n
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def make_eval_loader(table: pd.DataFrame, cfg: Config) -> DataLoader:
-    """Slices in table order: images preprocessed as at validation time, masks at their own resolution."""
+    """Slices in table order, batched per patient: images preprocessed as at validation time, masks at their own
+    resolution."""
     scales = volume_scales(table) if cfg.intensity == "volume" else None
     return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True, scales=scales),
-                      batch_size=cfg.batch_size,
-                      shuffle=False,
+                      batch_sampler=PatientBatches(table["patient"].tolist(), cfg.batch_size),
                       num_workers=cfg.workers, pin_memory=cfg.torch_device().type == "cuda")
 
 
 def _logits(model: nn.Module, images: torch.Tensor, cfg: Config, size: tuple[int, int]) -> torch.Tensor:
     """Logits at ``size``; with ``cfg.tta`` the mean with the prediction for the mirrored slice."""
-    logits = model(images).float()
-    if cfg.tta:
-        logits = (logits + model(images.flip(-1)).float().flip(-1)) / 2
+    images = to_layout(images, cfg)
+    with autocast(cfg):
+        logits = model(images).float()
+        if cfg.tta:
+            logits = (logits + model(images.flip(-1)).float().flip(-1)) / 2
     if logits.shape[-2:] != size:
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     return logits
@@ -48,32 +79,66 @@ def binarize(probs: np.ndarray, threshold: float, min_component: int = 0) -> np.
     return mask
 
 
-def _counts(probs: torch.Tensor, masks: torch.Tensor, cfg: Config, threshold: float) -> torch.Tensor:
-    if cfg.min_component <= 0:
-        return overlap_counts(probs, masks, threshold).cpu()
-    pred = torch.from_numpy(np.stack([binarize(p, threshold, cfg.min_component) for p in probs[:, 0].cpu().numpy()]))
-    return overlap_counts(pred[:, None].float(), masks.cpu(), 0.5)
+def clean_volume(probs: np.ndarray, cfg: Config, threshold: float | None = None) -> np.ndarray:
+    """One patient's tumour mask (N, H, W) bool from its probability maps, slices in order.
+
+    Thresholds at ``threshold`` (default ``cfg.threshold``), drops 2-D blobs under ``cfg.min_component`` pixels,
+    then, with ``cfg.min_volume_share`` > 0, keeps only the 3-D connected regions with at least that share of the
+    largest region's voxels: a glioma is one lesion, and scattered false alarms are small.
+    """
+    threshold = cfg.threshold if threshold is None else threshold
+    mask = np.stack([binarize(p, threshold, cfg.min_component) for p in probs]) if len(probs) else probs > threshold
+    if cfg.min_volume_share > 0 and mask.any():
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+        if n > 1:
+            sizes = np.bincount(labels.ravel())[1:]
+            keep = np.flatnonzero(sizes >= cfg.min_volume_share * sizes.max()) + 1
+            mask = np.isin(labels, keep)
+    return mask
+
+
+def _needs_cleaning(cfg: Config) -> bool:
+    return cfg.min_component > 0 or cfg.min_volume_share > 0
 
 
 @torch.no_grad()
+def patient_volumes(model: nn.Module, loader: DataLoader, cfg: Config, loss_fn: nn.Module | None = None
+                    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, float]]:
+    """Per patient, in table order: (patient, probabilities (N, H, W), masks (N, H, W), summed loss) at the masks'
+    resolution, for a loader from :func:`make_eval_loader`. The loss sum is 0 without ``loss_fn``."""
+    device = cfg.torch_device()
+    place_model(model, cfg).eval()
+    owners = loader.batch_sampler.owners
+    probs, masks, loss = [], [], 0.0
+    for k, (images, truth) in enumerate(loader):
+        images, truth = images.to(device, non_blocking=True), truth.to(device, non_blocking=True)
+        logits = _logits(model, images, cfg, truth.shape[-2:])
+        if loss_fn is not None:
+            loss += loss_fn(logits, truth).item() * len(images)
+        probs.append(torch.sigmoid(logits)[:, 0])
+        masks.append(truth[:, 0])
+        if k + 1 == len(owners) or owners[k + 1] != owners[k]:
+            yield owners[k], torch.cat(probs), torch.cat(masks), loss
+            probs, masks, loss = [], [], 0.0
+
+
 def slice_counts(model: nn.Module, loader: DataLoader, cfg: Config, loss_fn: nn.Module | None = None,
                  thresholds: tuple[float, ...] | None = None) -> tuple[float, np.ndarray]:
     """Mean loss per slice (NaN without ``loss_fn``) and per-slice (intersection, predicted, true) counts at the
-    masks' resolution, for a loader from :func:`make_eval_loader`. Counts have shape (N, 3), or (T, N, 3) for
-    several ``thresholds`` at once (one forward pass for all)."""
-    device = cfg.torch_device()
-    model.eval()
+    masks' resolution, after :func:`clean_volume`, for a loader from :func:`make_eval_loader`. Counts have shape
+    (N, 3), or (T, N, 3) for several ``thresholds`` at once (one forward pass for all)."""
     levels = thresholds if thresholds is not None else (cfg.threshold,)
-    losses, counts, seen = [], [], 0
-    for images, masks in loader:
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        logits = _logits(model, images, cfg, masks.shape[-2:])
-        if loss_fn is not None:
-            losses.append(loss_fn(logits, masks).item() * len(images))
-        probs = torch.sigmoid(logits)
-        counts.append(torch.stack([_counts(probs, masks, cfg, t) for t in levels]))
-        seen += len(images)
-    loss = sum(losses) / seen if losses else float("nan")
+    losses, counts, seen = 0.0, [], 0
+    for _, probs, masks, loss in patient_volumes(model, loader, cfg, loss_fn):
+        losses += loss
+        seen += len(probs)
+        if _needs_cleaning(cfg):
+            volume = probs.cpu().numpy()
+            preds = [torch.from_numpy(clean_volume(volume, cfg, t)).float() for t in levels]
+            counts.append(torch.stack([overlap_counts(p, masks.cpu(), 0.5) for p in preds]))
+        else:
+            counts.append(torch.stack([overlap_counts(probs, masks, t).cpu() for t in levels]))
+    loss = losses / seen if loss_fn is not None and seen else float("nan")
     out = torch.cat(counts, dim=1).numpy() if counts else np.zeros((len(levels), 0, 3), np.int64)
     return loss, out if thresholds is not None else out[0]
 
@@ -95,14 +160,17 @@ def evaluate(model: nn.Module, loader: DataLoader, patients: list[str], cfg: Con
     return loss, patient_dice(patients, counts)
 
 
-@torch.no_grad()
 def predict_probabilities(model: nn.Module, table: pd.DataFrame, cfg: Config) -> np.ndarray:
     """Tumour probability maps (N, H, W) at the slices' own resolution, for the slices of ``table`` in order."""
-    device = cfg.torch_device()
-    model.eval()
-    out = [torch.sigmoid(_logits(model, images.to(device), cfg, masks.shape[-2:])).squeeze(1).cpu().numpy()
-           for images, masks in make_eval_loader(table, cfg)]
+    out = [probs.cpu().numpy() for _, probs, _, _ in patient_volumes(model, make_eval_loader(table, cfg), cfg)]
     return np.concatenate(out) if out else np.zeros((0, 256, 256), np.float32)
+
+
+def predict_masks(model: nn.Module, table: pd.DataFrame, cfg: Config) -> np.ndarray:
+    """Final tumour masks (N, H, W) bool, cleaned per patient (:func:`clean_volume`), for the slices of ``table``."""
+    out = [clean_volume(probs.cpu().numpy(), cfg)
+           for _, probs, _, _ in patient_volumes(model, make_eval_loader(table, cfg), cfg)]
+    return np.concatenate(out) if out else np.zeros((0, 256, 256), bool)
 
 
 def score_patients(model: nn.Module, table: pd.DataFrame, cfg: Config) -> pd.Series:

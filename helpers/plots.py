@@ -9,9 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .config import Config
 from .data import read_image, read_mask
-from .inference import binarize
 
 FLAIR = 1  # channel order in the dataset: pre-contrast, FLAIR, post-contrast
 
@@ -112,11 +110,11 @@ def plot_history(history: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_predictions(table: pd.DataFrame, probs: np.ndarray, cfg: Config, n: int = 6, seed: int = 0) -> Figure:
+def plot_predictions(table: pd.DataFrame, preds: np.ndarray, n: int = 6, seed: int = 0) -> Figure:
     """Rows of image / ground truth / prediction, at the original resolution, for tumour slices of ``table``.
 
-    ``probs`` are the model's probability maps for the slices of ``table`` in order, as
-    :func:`helpers.inference.predict_probabilities` returns them.
+    ``preds`` are the final masks (N, H, W) for the slices of ``table`` in order, as
+    :func:`helpers.inference.predict_masks` returns them.
     """
     positive = np.flatnonzero(table["has_tumour"].to_numpy())
     pool = positive if len(positive) else np.arange(len(table))
@@ -125,7 +123,7 @@ def plot_predictions(table: pd.DataFrame, probs: np.ndarray, cfg: Config, n: int
     for ax_row, i in zip(axes, picks):
         row = table.iloc[i]
         image, mask = read_image(row["image_path"]), read_mask(row["mask_path"])
-        pred = binarize(probs[i], cfg.threshold, cfg.min_component)
+        pred = preds[i]
         _show(ax_row[0], image, f"{row['patient'][:12]} #{row['slice']}")
         _show(ax_row[1], image, "ground truth", ((mask, "red"),))
         _show(ax_row[2], image, "prediction", ((pred, "yellow"),))

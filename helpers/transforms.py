@@ -26,14 +26,22 @@ def eval_transform(cfg: Config) -> A.Compose:
 
 
 def train_transform(cfg: Config) -> A.Compose:
-    """The eval pipeline plus flips, small affine moves and brightness/contrast jitter."""
+    """The eval pipeline plus flips, small affine moves, brightness/contrast jitter (``cfg.intensity_jitter``)
+    and, with ``cfg.channel_gain``, a random gain per channel (scanners weight the three sequences differently)."""
     if not cfg.augment:
         return eval_transform(cfg)
+    intensity = []
+    if cfg.intensity_jitter > 0:
+        intensity.append(A.RandomBrightnessContrast(brightness_limit=cfg.intensity_jitter,
+                                                    contrast_limit=cfg.intensity_jitter, p=0.5))
+    if cfg.channel_gain > 0:
+        intensity.append(A.MultiplicativeNoise(multiplier=(1 - cfg.channel_gain, 1 + cfg.channel_gain),
+                                               per_channel=True, elementwise=False, p=0.5))
     return A.Compose([
         A.Resize(cfg.image_size, cfg.image_size, interpolation=cv2.INTER_AREA),
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5),
-        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+        *intensity,
         _normalize(cfg),
     ])

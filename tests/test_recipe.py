@@ -6,7 +6,7 @@ import pytest
 from helpers.checkpoint import build_model
 from helpers.config import Config
 from helpers.data import load_dataset
-from helpers.inference import binarize, choose_threshold
+from helpers.inference import PatientBatches, binarize, choose_threshold, clean_volume, make_eval_loader, slice_counts
 from helpers.train import LearningRate, make_train_loader
 
 
@@ -47,6 +47,41 @@ def test_binarize_drops_small_blobs_only():
     assert kept.sum() == 400 and kept[10, 10] and not kept[51, 51]
 
 
+def test_clean_volume_keeps_the_main_lesion_across_slices():
+    probs = np.zeros((6, 32, 32), np.float32)
+    probs[1:5, 8:20, 8:20] = 0.9  # one lesion through four slices: 576 voxels
+    probs[2, 28:31, 28:31] = 0.9  # a 9-voxel false alarm on one slice
+    probs[4, 0:8, 24:32] = 0.9  # a 64-voxel one elsewhere
+    assert clean_volume(probs, Config()).sum() == 576 + 9 + 64
+    only_main = clean_volume(probs, Config(min_volume_share=0.2))
+    assert only_main.sum() == 576 and only_main[1:5, 8:20, 8:20].all()
+    assert clean_volume(probs, Config(min_volume_share=0.1)).sum() == 576 + 64
+    assert clean_volume(probs, Config(min_component=20)).sum() == 576 + 64
+    assert clean_volume(probs, Config(min_volume_share=1.0), threshold=0.95).sum() == 0
+
+
+def test_evaluation_batches_never_mix_patients():
+    patients = ["a"] * 5 + ["b"] * 2 + ["c"] * 9
+    sampler = PatientBatches(patients, batch_size=4)
+    assert [len(b) for b in sampler] == [4, 1, 2, 4, 4, 1]
+    assert sum(sampler.batches, []) == list(range(16))
+    assert all(len({patients[i] for i in b}) == 1 for b in sampler)
+    with pytest.raises(ValueError, match="patient a are not consecutive"):
+        PatientBatches(["a", "b", "a"], batch_size=4)
+
+
+def test_cleaning_is_applied_per_patient_when_scoring(synthetic_dir):
+    table = load_dataset(synthetic_dir)
+    table = table[table["patient"].isin(table["patient"].unique()[:2])]
+    cfg = Config(image_size=32, features=(4, 8, 16, 32), batch_size=5, workers=0, device="cpu",
+                 mean=(0.1,) * 3, std=(0.2,) * 3, threshold=0.3)
+    model = build_model(cfg)
+    _, raw = slice_counts(model, make_eval_loader(table, cfg), cfg)
+    _, cleaned = slice_counts(model, make_eval_loader(table, cfg), Config(**{**cfg.to_dict(), "min_volume_share": 1.0}))
+    assert raw.shape == cleaned.shape == (len(table), 3)
+    assert (cleaned[:, 2] == raw[:, 2]).all() and (cleaned[:, 1] <= raw[:, 1]).all()
+
+
 def test_threshold_curve_covers_the_candidates(synthetic_dir):
     table = load_dataset(synthetic_dir).head(12)
     cfg = Config(image_size=32, features=(4, 8, 16, 32), batch_size=4, workers=0, device="cpu",
@@ -61,3 +96,17 @@ def test_bad_recipe_values_are_rejected():
         Config(optimizer="sgd")
     with pytest.raises(ValueError, match="tumour_share"):
         Config(tumour_share=1.5)
+    with pytest.raises(ValueError, match="min_volume_share"):
+        Config(min_volume_share=2.0)
+    with pytest.raises(ValueError, match="amp must be one of"):
+        Config(amp="fp8")
+
+
+def test_best_checkpoint_comes_from_the_annealed_part_of_a_cosine_run(tmp_path, synthetic_dir):
+    from helpers.train import train_run
+
+    cfg = Config(run_dir=str(tmp_path / "run"), image_size=32, features=(4, 8, 16, 32), device="cpu", epochs=4,
+                 schedule="cosine", select_after=0.75)
+    result = train_run(cfg, load_dataset(synthetic_dir), progress=False)
+    late = result.history[result.history["epoch"] >= 3]
+    assert result.best_epoch in (3, 4) and result.best_val_dice == pytest.approx(late["val_dice"].max())

@@ -37,3 +37,19 @@ def test_eval_transform_normalises_per_channel():
     image = np.full((256, 256, 3), 255, np.uint8)
     out = eval_transform(cfg)(image=image, mask=np.zeros((256, 256), np.uint8))["image"]
     assert np.allclose(out[0, 0], [(1 - 0.1) / 0.5, (1 - 0.2) / 0.5, (1 - 0.3) / 0.5], atol=1e-4)
+
+
+def test_channel_gain_scales_each_channel_on_its_own():
+    cfg = Config(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3, intensity_jitter=0.0, channel_gain=0.3)
+    transform = train_transform(cfg)
+    image = np.full((256, 256, 3), 100, np.uint8)
+    ratios = []
+    for seed in range(40):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=np.zeros((256, 256), np.uint8))["image"]
+        level = out[8:24, 8:24].reshape(-1, 3).mean(0) * 255 / 100  # centre pixels: no affine border
+        ratios.append(level)
+    ratios = np.array(ratios)
+    assert ratios.min() >= 0.69 and ratios.max() <= 1.31
+    assert (np.abs(ratios[:, 0] - ratios[:, 1]) > 0.02).any()  # channels get different gains
+    assert (np.abs(ratios - 1) < 1e-3).all(axis=1).any()  # and some slices none (p=0.5)

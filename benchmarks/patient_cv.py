@@ -1,16 +1,24 @@
-"""The CPU accuracy protocol, run as leave-patients-out cross-validation on a labelled kaggle_3m tree.
+"""Patient-level k-fold cross-validation of ``python -m helpers train`` + ``evaluate`` on a labelled kaggle_3m tree.
 
-For each of k patient folds: link the other patients into a temporary kaggle_3m folder and run exactly
-``python -m helpers train --data-dir TRAIN --out RUN --time-budget T --seed S`` (it makes its own validation split
-inside them), then ``python -m helpers evaluate`` on the held-out patients. Prints per-fold and overall mean and
-median per-patient Dice and writes everything to a JSON file.
+For each of k patient folds (StratifiedGroupKFold by institution): link the other patients into a temporary
+kaggle_3m folder and run exactly ``python -m helpers train --data-dir TRAIN --out RUN --time-budget T --seed S``
+(it makes its own validation split inside them), then ``python -m helpers evaluate`` on the held-out patients.
+Prints per-fold and overall mean and median per-patient Dice and writes everything to a JSON file.
 
-    python benchmarks/cpu_protocol.py --data-dir ../shared/data/lgg-sample/kaggle_3m --folds 3 --time-budget 480
+CPU protocol (2 cores, 480 s of training per fold) on the 15-patient sample:
+
+    python benchmarks/patient_cv.py --data-dir ../shared/data/lgg-sample/kaggle_3m --folds 5 --time-budget 480
+
+GPU protocol (the seed U-Net at 256x256, the GPU defaults, no time limit) on all 110 patients:
+
+    python benchmarks/patient_cv.py --data-dir /kaggle/input/lgg-mri-segmentation/kaggle_3m --folds 5 \
+        --time-budget 0 --out runs/gpu_cv
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from helpers.data import load_dataset, patient_folds  # noqa: E402
 
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the children's lines appear as they happen
+
 
 def _link_patients(patients: list[str], source: Path, target: Path) -> Path:
     target.mkdir(parents=True)
@@ -35,11 +45,11 @@ def _link_patients(patients: list[str], source: Path, target: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--time-budget", type=float, default=480)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--time-budget", type=float, default=480, help="seconds per fold; 0 = no limit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only-fold", type=int, help="run just this fold (a quicker development signal)")
-    parser.add_argument("--out", default="runs/cpu_protocol")
+    parser.add_argument("--out", default="runs/patient_cv")
     parser.add_argument("--json", default=None, help="default: OUT/results.json")
     parser.add_argument("train_args", nargs="*", help="extra flags for 'train', after --")
     args = parser.parse_args()
@@ -56,13 +66,14 @@ def main() -> None:
             test_dir = _link_patients(sorted(held_out["patient"].unique()), source, Path(tmp) / f"test{k}" / "kaggle_3m")
             run = out / f"fold{k}"
             start = time.perf_counter()
+            budget = ["--time-budget", str(args.time_budget)] if args.time_budget > 0 else []
             subprocess.run([sys.executable, "-m", "helpers", "train", "--data-dir", str(train_dir), "--out", str(run),
-                            "--time-budget", str(args.time_budget), "--seed", str(args.seed), "--quiet",
-                            *args.train_args], cwd=REPO, check=True)
+                            *budget, "--seed", str(args.seed), "--quiet", *args.train_args],
+                           cwd=REPO, check=True, env=ENV)
             seconds = time.perf_counter() - start
             report = run / "heldout.json"
             subprocess.run([sys.executable, "-m", "helpers", "evaluate", "--checkpoint", str(run / "best.pt"),
-                            "--data-dir", str(test_dir), "--report", str(report)], cwd=REPO, check=True)
+                            "--data-dir", str(test_dir), "--report", str(report)], cwd=REPO, check=True, env=ENV)
             scores = json.loads(report.read_text())
             results.append({"fold": k, "train_seconds": seconds, **scores})
 
