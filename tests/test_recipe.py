@@ -19,7 +19,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert rates[0] == pytest.approx(0.1) and max(rates) == pytest.approx(1.0, abs=0.02)
     assert np.argmax(rates) == 10 and rates[-1] == pytest.approx(0.0, abs=1e-9)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
-    constant = LearningRate(Config(lr=0.5), total_steps=10)
+    constant = LearningRate(Config(lr=0.5, schedule="constant"), total_steps=10)
     assert constant() == 0.5
 
 

@@ -92,8 +92,8 @@ def test_time_budget_and_patience_stop_cleanly(tmp_path, synthetic_dir):
     small = dict(image_size=32, features=(4, 8, 16, 32), device="cpu", epochs=50)
     result = train_run(Config(run_dir=str(tmp_path / "budget"), time_budget=0.0, **small), table, progress=False)
     assert len(result.history) == 1 and (tmp_path / "budget" / "best.pt").exists()
-    result = train_run(Config(run_dir=str(tmp_path / "patience"), patience=2, lr=0.0, **small), table,
-                       progress=False)
+    patience = Config(run_dir=str(tmp_path / "patience"), patience=2, lr=0.0, schedule="constant", **small)
+    result = train_run(patience, table, progress=False)
     assert len(result.history) == 3  # lr 0 never improves after epoch 1: epochs 2 and 3 without gain
 
 

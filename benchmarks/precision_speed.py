@@ -1,0 +1,75 @@
+"""Training-step speed of the U-Net in fp32 / bf16 and NCHW / channels-last, measured side by side in one run.
+
+Tensors are already in memory (no loader), so this is the pure model step: forward, BCE + Dice, backward,
+AdamW. Prints images/s per setting and the ratio to plain fp32.
+
+    python benchmarks/precision_speed.py                       # the CPU defaults: 128 px, widths 16..128
+    python benchmarks/precision_speed.py --size 256 --features 64,128,256,512 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from helpers.checkpoint import build_model  # noqa: E402
+from helpers.config import Config  # noqa: E402
+from helpers.losses import build_loss  # noqa: E402
+from helpers.precision import amp_dtype, autocast, grad_scaler, place_model, to_layout  # noqa: E402
+from helpers.train import make_optimizer  # noqa: E402
+
+
+def step_rate(cfg: Config, steps: int) -> float:
+    """Median images/s over ``steps`` training steps (after one warm-up step)."""
+    torch.manual_seed(0)
+    model = place_model(build_model(cfg), cfg).train()
+    optimizer, loss_fn, scaler = make_optimizer(cfg, model), build_loss(cfg), grad_scaler(cfg)
+    device = cfg.torch_device()
+    images = to_layout(torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device), cfg)
+    masks = (torch.rand(cfg.batch_size, 1, cfg.image_size, cfg.image_size, device=device) > 0.95).float()
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with autocast(cfg):
+            logits = model(images)
+        loss = loss_fn(logits.float(), masks)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return cfg.batch_size / statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--features", default="16,32,64,128")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    base = Config(image_size=args.size, features=tuple(int(f) for f in args.features.split(",")),
+                  batch_size=args.batch_size, lr=1e-3, device=args.device)
+    half = "bf16" if amp_dtype(Config(device=args.device, amp="auto")) in (None, torch.bfloat16) else "fp16"
+    reference = None
+    print(f"{args.size}px, widths {base.features}, batch {args.batch_size}, {base.torch_device()}")
+    for amp in ("off", half):
+        for channels_last in (False, True):
+            cfg = Config(**{**base.to_dict(), "amp": amp, "channels_last": channels_last})
+            rate = step_rate(cfg, args.steps)
+            reference = reference or rate
+            print(f"amp={amp:4s} channels_last={channels_last!s:5s} {rate:7.1f} images/s  {rate / reference:4.2f}x",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
