@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.checkpoint import build_model  # noqa: E402
 from helpers.config import Config  # noqa: E402
 from helpers.losses import build_loss  # noqa: E402
-from helpers.precision import amp_dtype, autocast, grad_scaler, place_model, to_layout  # noqa: E402
-from helpers.train import make_optimizer  # noqa: E402
+from helpers.precision import amp_dtype, grad_scaler, place_model, to_layout  # noqa: E402
+from helpers.train import make_optimizer, train_step  # noqa: E402
 
 
 def step_rate(cfg: Config, steps: int) -> float:
@@ -36,13 +36,7 @@ def step_rate(cfg: Config, steps: int) -> float:
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        with autocast(cfg):
-            logits = model(images)
-        loss = loss_fn(logits.float(), masks)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(model, images, masks, loss_fn, optimizer, scaler, cfg)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

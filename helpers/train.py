@@ -112,12 +112,24 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: nn.Module,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg: Config) -> float:
+    """One optimizer step on a batch already on the device; the forward pass runs under ``cfg``'s mixed precision,
+    the loss in fp32. Returns the batch's loss."""
+    with autocast(cfg):
+        logits = model(images)
+    loss = loss_fn(logits.float(), masks)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     cfg: Config, progress: bool = True, desc: str = "train", deadline: float = float("inf"),
                     schedule: LearningRate | None = None, scaler: torch.amp.GradScaler | None = None) -> float:
-    """One pass over ``loader`` (cut short once ``time.monotonic()`` passes ``deadline``); mean loss per image.
-
-    The forward pass runs under ``cfg``'s mixed precision; the loss is computed in fp32."""
+    """One pass over ``loader`` (cut short once ``time.monotonic()`` passes ``deadline``); mean loss per image."""
     device = cfg.torch_device()
     scaler = scaler if scaler is not None else grad_scaler(cfg)
     model.train()
@@ -131,14 +143,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
                 group["lr"] = schedule()
             schedule.step_count += 1
         images, masks = to_layout(images.to(device, non_blocking=True), cfg), masks.to(device, non_blocking=True)
-        with autocast(cfg):
-            logits = model(images)
-        loss = loss_fn(logits.float(), masks)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total += loss.item() * len(images)
+        total += train_step(model, images, masks, loss_fn, optimizer, scaler, cfg) * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
     return total / seen if seen else float("nan")

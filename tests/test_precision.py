@@ -32,7 +32,7 @@ def test_bf16_channels_last_forward_matches_fp32():
 @pytest.mark.parametrize("amp", ["off", "bf16"])
 def test_a_training_step_runs_in_each_precision(amp):
     from helpers.losses import build_loss
-    from helpers.train import make_optimizer, parallelize
+    from helpers.train import make_optimizer, parallelize, train_step
 
     torch.manual_seed(0)
     cfg = Config(device="cpu", image_size=32, features=(4, 8, 16, 32), amp=amp, lr=1e-2, loss="bce_dice")
@@ -42,13 +42,6 @@ def test_a_training_step_runs_in_each_precision(amp):
     masks = (torch.rand(4, 1, 32, 32) > 0.8).float()
     losses = []
     for _ in range(5):
-        with autocast(cfg):
-            logits = model(images)
-        loss = loss_fn(logits.float(), masks)
-        optimizer.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())
+        losses.append(train_step(model, images, masks, loss_fn, optimizer, scaler, cfg))
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
     assert losses[-1] < losses[0]
