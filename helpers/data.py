@@ -130,6 +130,15 @@ def volume_scales(table: pd.DataFrame, percentile: float = 99.0) -> dict[str, np
     return scales
 
 
+def scales_for(intensity: str, table: pd.DataFrame,
+               scales: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
+    """The per-volume levels that ``intensity`` ("volume" or "dataset") needs for ``table``: None for
+    "dataset"; for "volume", ``scales`` when given (measured once and shared), else :func:`volume_scales`."""
+    if intensity != "volume":
+        return None
+    return scales if scales is not None else volume_scales(table)
+
+
 def rescale(image: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Map a volume's per-channel bright level to 255, still uint8."""
     return np.clip(image.astype(np.float32) * (255.0 / scale), 0, 255).astype(np.uint8)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from .config import Config
-from .data import SliceDataset, volume_scales
+from .data import SliceDataset, scales_for
 from .metrics import overlap_counts, patient_dice, summarize
 from .precision import autocast, place_model, to_layout
 from .transforms import eval_transform
@@ -48,10 +48,11 @@ class PatientBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-def make_eval_loader(table: pd.DataFrame, cfg: Config) -> DataLoader:
+def make_eval_loader(table: pd.DataFrame, cfg: Config, scales: dict[str, np.ndarray] | None = None) -> DataLoader:
     """Slices in table order, batched per patient: images preprocessed as at validation time, masks at their own
-    resolution."""
-    scales = volume_scales(table) if cfg.intensity == "volume" else None
+    resolution. With ``cfg.intensity == "volume"``, ``scales`` (from :func:`helpers.data.volume_scales`) are
+    measured here unless given."""
+    scales = scales_for(cfg.intensity, table, scales)
     return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True, scales=scales),
                       batch_sampler=PatientBatches(table["patient"].tolist(), cfg.batch_size),
                       num_workers=cfg.workers, pin_memory=cfg.torch_device().type == "cuda")

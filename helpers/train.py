@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .config import Config
-from .data import SliceDataset, channel_stats, split_patients, volume_scales
+from .data import SliceDataset, channel_stats, scales_for, split_patients
 from .inference import choose_threshold, evaluate, make_eval_loader
 from .losses import build_loss
 from .precision import amp_dtype, autocast, grad_scaler, place_model, to_layout
@@ -49,11 +49,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_config(cfg: Config, train_table: pd.DataFrame) -> Config:
-    """Fill sizes for this hardware and the normalisation statistics from the training patients."""
+def prepare_config(cfg: Config, train_table: pd.DataFrame, scales: dict[str, np.ndarray] | None = None) -> Config:
+    """Fill sizes for this hardware and the normalisation statistics from the training patients (after
+    per-volume rescaling by ``scales``, measured here when needed and not given)."""
     cfg = cfg.resolved(synthetic=is_synthetic_table(train_table))
     if cfg.mean is None or cfg.std is None:
-        scales = volume_scales(train_table) if cfg.intensity == "volume" else None
+        scales = scales_for(cfg.intensity, train_table, scales)
         mean, std = channel_stats(train_table, seed=cfg.seed, scales=scales)
         cfg = dataclasses.replace(cfg, mean=mean, std=std)
     return cfg
@@ -92,7 +93,8 @@ class LearningRate:
         return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * (p - self.cfg.warmup) / (1 - self.cfg.warmup)))
 
 
-def make_train_loader(cfg: Config, train_table: pd.DataFrame) -> DataLoader:
+def make_train_loader(cfg: Config, train_table: pd.DataFrame,
+                      scales: dict[str, np.ndarray] | None = None) -> DataLoader:
     """Shuffled, augmented training slices; with ``cfg.tumour_share`` tumour slices are drawn at that share."""
     generator = torch.Generator().manual_seed(cfg.seed)
     sampler = None
@@ -100,8 +102,8 @@ def make_train_loader(cfg: Config, train_table: pd.DataFrame) -> DataLoader:
         tumour = train_table["has_tumour"].to_numpy()
         weights = np.where(tumour, cfg.tumour_share / tumour.sum(), (1 - cfg.tumour_share) / (~tumour).sum())
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(train_table), generator=generator)
-    scales = volume_scales(train_table) if cfg.intensity == "volume" else None
-    return DataLoader(SliceDataset(train_table, train_transform(cfg), scales=scales), batch_size=cfg.batch_size,
+    dataset = SliceDataset(train_table, train_transform(cfg), scales=scales_for(cfg.intensity, train_table, scales))
+    return DataLoader(dataset, batch_size=cfg.batch_size,
                       shuffle=sampler is None, sampler=sampler, generator=generator,
                       drop_last=len(train_table) > cfg.batch_size, num_workers=cfg.workers,
                       pin_memory=cfg.torch_device().type == "cuda", persistent_workers=cfg.workers > 0)
@@ -158,7 +160,9 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     if shared:
         raise ValueError(f"patients on both sides of the split: {sorted(shared)[:5]}")
     set_seed(cfg.seed)
-    cfg = prepare_config(cfg, train_table)
+    # Each patient's intensity level is read once, for the statistics and both loaders.
+    scales = scales_for(cfg.intensity, pd.concat([train_table, val_table]))
+    cfg = prepare_config(cfg, train_table, scales)
     device = cfg.torch_device()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,8 +170,8 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     split = pd.concat([train_table.assign(split="train"), val_table.assign(split="val")])
     split.groupby("patient", sort=False)["split"].first().reset_index().to_csv(run_dir / "split.csv", index=False)
 
-    train_loader = make_train_loader(cfg, train_table)
-    val_loader = make_eval_loader(val_table, cfg)
+    train_loader = make_train_loader(cfg, train_table, scales)
+    val_loader = make_eval_loader(val_table, cfg, scales)
     # Per-epoch model selection scores plain predictions; TTA and blob removal are for the final choices.
     select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0)
     model = parallelize(build_model(cfg), cfg)

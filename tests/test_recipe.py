@@ -110,3 +110,17 @@ def test_best_checkpoint_comes_from_the_annealed_part_of_a_cosine_run(tmp_path, 
     result = train_run(cfg, load_dataset(synthetic_dir), progress=False)
     late = result.history[result.history["epoch"] >= 3]
     assert result.best_epoch in (3, 4) and result.best_val_dice == pytest.approx(late["val_dice"].max())
+
+
+def test_training_reads_each_volume_level_once(tmp_path, synthetic_dir, monkeypatch):
+    import helpers.data
+    from helpers.train import train_run
+
+    calls = []
+    measure = helpers.data.volume_scales
+    monkeypatch.setattr(helpers.data, "volume_scales", lambda table: calls.append(len(table)) or measure(table))
+    table = load_dataset(synthetic_dir)
+    cfg = Config(run_dir=str(tmp_path / "run"), image_size=32, features=(4, 8, 16, 32), device="cpu", epochs=1,
+                 intensity="volume")
+    train_run(cfg, table, progress=False)
+    assert calls == [len(table)]  # training and validation patients together, once
