@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import AMPS, INTENSITIES, LOSSES, OPTIMIZERS, SCHEDULES, Config
+from .config import AMPS, AUGMENTS, INTENSITIES, LOSSES, OPTIMIZERS, SCHEDULES, Config
 from .data import DataError
 
 
@@ -18,6 +18,15 @@ def _features(text: str) -> tuple[int, ...]:
     if not widths or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"widths must be positive integers, got {text!r}")
     return widths
+
+
+def _share_or_none(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 or 'none', got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer)
     train.add_argument("--weight-decay", type=float, default=Config.weight_decay)
     train.add_argument("--schedule", choices=SCHEDULES, default=Config.schedule)
-    train.add_argument("--tumour-share", type=float, help="share of tumour slices drawn per epoch")
+    train.add_argument("--tumour-share", type=_share_or_none, default=Config.tumour_share,
+                       help="share of tumour slices drawn per epoch; none = as in the data")
     train.add_argument("--tta", action=argparse.BooleanOptionalAction, default=Config.tta,
                        help="flip test-time augmentation")
     train.add_argument("--tune-threshold", action=argparse.BooleanOptionalAction, default=Config.tune_threshold,
@@ -59,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mixed precision; auto = bf16/fp16 where the GPU or CPU runs it natively")
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=Config.channels_last,
                        help="NHWC memory layout for convolutions")
-    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--augment", choices=AUGMENTS, default=Config.augment,
+                       help="augmentation policy: light (flips, small affine), strong (+ gamma, noise, blur), off")
     train.add_argument("--intensity-jitter", type=float, default=Config.intensity_jitter,
                        help="brightness/contrast augmentation strength")
     train.add_argument("--channel-gain", type=float, default=Config.channel_gain,
@@ -89,10 +100,10 @@ def _train(args: argparse.Namespace) -> None:
     from .source import resolve_data
     from .train import train_run
 
-    # Every train flag is named after the Config field it sets (dashes for underscores), except --out and
-    # --no-augment; the flags' defaults are Config's own.
+    # Every train flag is named after the Config field it sets (dashes for underscores), except --out; the
+    # flags' defaults are Config's own.
     knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
-    cfg = Config(**knobs, run_dir=args.out, augment=not args.no_augment)
+    cfg = Config(**knobs, run_dir=args.out)
     source = resolve_data(cfg)
     result = train_run(cfg, load_dataset(source.path), progress=not args.quiet)
     print(f"best epoch {result.best_epoch}: validation Dice {result.best_val_dice:.3f} -> {result.run_dir}/best.pt")

@@ -26,6 +26,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 INTENSITIES = ("dataset", "volume")
 AMPS = ("auto", "off", "bf16", "fp16")
+AUGMENTS = ("off", "light", "strong")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Config:
     warmup: float = 0.05  # share of the run spent warming up, with schedule="cosine"
     loss: str = "bce_dice"  # BCE + soft Dice; also the seed's "bce" (BCEWithLogitsLoss) and "dice"
     dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
-    tumour_share: float | None = 0.5  # share of tumour slices drawn per epoch; None = as in the data
+    tumour_share: float | None = None  # share of tumour slices drawn per epoch; None = as in the data (about 1/3)
     threshold: float = 0.5  # probability above which a pixel is tumour
     tune_threshold: bool = False  # after training, pick the threshold that maximises validation Dice
     tta: bool = False  # average the prediction with that of the horizontally flipped slice
@@ -61,7 +62,7 @@ class Config:
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
     patience: int | None = None  # stop after this many epochs without a better validation Dice
     select_after: float = 0.8  # cosine schedule: epochs before this share of the run are not candidates for best.pt
-    augment: bool = True
+    augment: str = "light"  # "light": flips, small affine moves; "strong": wider affine, gamma, noise, blur; "off"
     intensity_jitter: float = 0.1  # brightness/contrast change of up to this share, in training
     channel_gain: float = 0.0  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
     intensity: str = "volume"  # rescale each patient by its own bright level before normalising; or "dataset"
@@ -76,6 +77,8 @@ class Config:
     synthetic_slices: int = 24
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):  # configs written before the policies existed stored on/off
+            self.augment = "light" if self.augment else "off"
         if self.features is not None:
             self.features = tuple(int(f) for f in self.features)
         for name in ("mean", "std"):
@@ -83,7 +86,8 @@ class Config:
             if value is not None:
                 setattr(self, name, tuple(float(v) for v in value))
         for name, allowed in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("intensity", INTENSITIES), ("amp", AMPS)):
+                              ("intensity", INTENSITIES), ("amp", AMPS),
+                             ("augment", AUGMENTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.tumour_share is not None and not 0.0 < self.tumour_share < 1.0:

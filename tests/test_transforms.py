@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from helpers.config import Config
 from helpers.transforms import eval_transform, train_transform
@@ -13,8 +14,9 @@ def _square_slice(rng):
     return image, mask
 
 
-def test_augmentation_moves_image_and_mask_together():
-    cfg = Config(image_size=128, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+@pytest.mark.parametrize("policy", ["light", "strong"])
+def test_augmentation_moves_image_and_mask_together(policy):
+    cfg = Config(image_size=128, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augment=policy)
     transform = train_transform(cfg)
     rng = np.random.default_rng(0)
     changed = 0
@@ -53,3 +55,14 @@ def test_channel_gain_scales_each_channel_on_its_own():
     assert ratios.min() >= 0.69 and ratios.max() <= 1.31
     assert (np.abs(ratios[:, 0] - ratios[:, 1]) > 0.02).any()  # channels get different gains
     assert (np.abs(ratios - 1) < 1e-3).all(axis=1).any()  # and some slices none (p=0.5)
+
+
+def test_augmentation_policies():
+    assert Config(augment=True).augment == "light" and Config(augment=False).augment == "off"  # old configs
+    with pytest.raises(ValueError, match="augment must be one of"):
+        Config(augment="heavy")
+    cfg = Config(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3, augment="off")
+    image = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    mask = np.zeros((256, 256), np.uint8)
+    assert np.array_equal(train_transform(cfg)(image=image, mask=mask)["image"],
+                          eval_transform(cfg)(image=image, mask=mask)["image"])
