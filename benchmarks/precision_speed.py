@@ -9,38 +9,16 @@ AdamW. Prints images/s per setting and the ratio to plain fp32.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.checkpoint import build_model  # noqa: E402
+from helpers.bench import step_rate  # noqa: E402
 from helpers.config import Config  # noqa: E402
-from helpers.losses import build_loss  # noqa: E402
-from helpers.precision import amp_dtype, grad_scaler, place_model, to_layout  # noqa: E402
-from helpers.train import make_optimizer, train_step  # noqa: E402
-
-
-def step_rate(cfg: Config, steps: int) -> float:
-    """Median images/s over ``steps`` training steps (after one warm-up step)."""
-    torch.manual_seed(0)
-    model = place_model(build_model(cfg), cfg).train()
-    optimizer, loss_fn, scaler = make_optimizer(cfg, model), build_loss(cfg), grad_scaler(cfg)
-    device = cfg.torch_device()
-    images = to_layout(torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device), cfg)
-    masks = (torch.rand(cfg.batch_size, 1, cfg.image_size, cfg.image_size, device=device) > 0.95).float()
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        train_step(model, images, masks, loss_fn, optimizer, scaler, cfg)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return cfg.batch_size / statistics.median(times[1:])
+from helpers.precision import amp_dtype  # noqa: E402
 
 
 def main() -> None:

@@ -13,8 +13,14 @@ from .model import UNet
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DataParallel/DistributedDataParallel, so weights load either way."""
-    return model.module if hasattr(model, "module") else model
+    """The plain model inside torch.compile / DataParallel / DistributedDataParallel, so weights load either way."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def build_model(cfg: Config) -> UNet:

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int)
     train.add_argument("--features", type=_features, help="U-Net widths, e.g. 16,32,64,128")
     train.add_argument("--batch-size", type=int)
+    train.add_argument("--accumulate", type=int, default=Config.accumulate,
+                       help="micro-batches per batch, gradients added up (less memory)")
     train.add_argument("--lr", type=float)
     train.add_argument("--loss", choices=LOSSES, default=Config.loss)
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer)
@@ -69,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mixed precision; auto = bf16/fp16 where the GPU or CPU runs it natively")
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=Config.channels_last,
                        help="NHWC memory layout for convolutions")
+    train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=Config.compile,
+                       help="torch.compile the model")
+    train.add_argument("--cache", action=argparse.BooleanOptionalAction, default=Config.cache,
+                       help="decode every slice once into RAM")
     train.add_argument("--augment", choices=AUGMENTS, default=Config.augment,
                        help="augmentation policy: light (flips, small affine), strong (+ gamma, noise, blur), off")
     train.add_argument("--intensity-jitter", type=float, default=Config.intensity_jitter,
@@ -89,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--slices", type=int, default=Config.synthetic_slices)
     synth.add_argument("--seed", type=int, default=0)
 
+    bench = commands.add_parser("bench", help="measure peak, model-step and end-to-end training speed")
+    bench.add_argument("--data-dir", help="a kaggle_3m folder to load from (default: synthetic tiles)")
+    bench.add_argument("--json", help="also write the figures to this JSON file")
+    bench.add_argument("--steps", type=int, default=10, help="timed training steps per measurement")
+    bench.add_argument("--image-size", type=int)
+    bench.add_argument("--features", type=_features)
+    bench.add_argument("--batch-size", type=int)
+    bench.add_argument("--workers", type=int)
+    bench.add_argument("--device", default=Config.device)
+    bench.add_argument("--amp", choices=AMPS, default=Config.amp)
+    bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=Config.channels_last)
+    bench.add_argument("--seed-unet", action=argparse.BooleanOptionalAction, default=True,
+                       help="also time the seed's U-Net (widths 64..512, 256 px)")
+
     diagram = commands.add_parser("diagram", help="draw the U-Net diagram (unet.png)")
     diagram.add_argument("--out", default="unet.png")
     diagram.add_argument("--features", type=_features, help="U-Net widths (default: the seed's)")
@@ -96,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from . import distributed
     from .data import load_dataset
     from .source import resolve_data
     from .train import train_run
@@ -104,9 +125,16 @@ def _train(args: argparse.Namespace) -> None:
     # flags' defaults are Config's own.
     knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
     cfg = Config(**knobs, run_dir=args.out)
-    source = resolve_data(cfg)
-    result = train_run(cfg, load_dataset(source.path), progress=not args.quiet)
-    print(f"best epoch {result.best_epoch}: validation Dice {result.best_val_dice:.3f} -> {result.run_dir}/best.pt")
+    procs, cfg = distributed.setup(cfg)  # under torchrun: join the job first
+    try:
+        # The main process finds (or downloads, or writes) the data; the others use what it found.
+        path = distributed.from_main(resolve_data(cfg).path if procs.main else None, procs)
+        result = train_run(cfg, load_dataset(path), progress=not args.quiet)
+        if procs.main:
+            print(f"best epoch {result.best_epoch}: validation Dice {result.best_val_dice:.3f} -> "
+                  f"{result.run_dir}/best.pt")
+    finally:
+        distributed.teardown()
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -130,6 +158,21 @@ def _evaluate(args: argparse.Namespace) -> None:
           f"tumour-slice Dice {scores['tumour_slice_dice']:.3f} -> {args.report}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import json
+
+    from .bench import format_table, run
+
+    cfg = Config(image_size=args.image_size, features=args.features, batch_size=args.batch_size,
+                 workers=args.workers, device=args.device, amp=args.amp, channels_last=args.channels_last)
+    result = run(cfg, args.data_dir, steps=args.steps, seed_unet=args.seed_unet)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"-> {args.json}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -137,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "bench":
+            _bench(args)
         elif args.command == "synth":
             from .synthetic import write_synthetic_dataset
             print(write_synthetic_dataset(args.out, args.patients, args.slices, args.seed))

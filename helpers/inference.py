@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from .config import Config
-from .data import SliceDataset, scales_for
+from .data import SliceCache, SliceDataset, scales_for
 from .metrics import overlap_counts, patient_dice, summarize
 from .precision import autocast, place_model, to_layout
 from .transforms import eval_transform
@@ -48,12 +48,13 @@ class PatientBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-def make_eval_loader(table: pd.DataFrame, cfg: Config, scales: dict[str, np.ndarray] | None = None) -> DataLoader:
+def make_eval_loader(table: pd.DataFrame, cfg: Config, scales: dict[str, np.ndarray] | None = None,
+                     cache: SliceCache | None = None) -> DataLoader:
     """Slices in table order, batched per patient: images preprocessed as at validation time, masks at their own
     resolution. With ``cfg.intensity == "volume"``, ``scales`` (from :func:`helpers.data.volume_scales`) are
-    measured here unless given."""
-    scales = scales_for(cfg.intensity, table, scales)
-    return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True, scales=scales),
+    measured here unless given. ``cache`` serves slices from RAM."""
+    scales = scales_for(cfg.intensity, table, scales, cache)
+    return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True, scales=scales, cache=cache),
                       batch_sampler=PatientBatches(table["patient"].tolist(), cfg.batch_size),
                       num_workers=cfg.workers, pin_memory=cfg.torch_device().type == "cuda")
 

@@ -5,10 +5,12 @@ The notebook and ``python -m helpers train`` both call :func:`fit`, so they writ
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from .checkpoint import build_model, load_checkpoint, save_checkpoint
+from . import distributed
+from .checkpoint import build_model, load_checkpoint, save_checkpoint, unwrap
 from .config import Config
-from .data import SliceDataset, channel_stats, scales_for, split_patients
+from .data import SliceCache, SliceDataset, channel_stats, scales_for, split_patients
 from .inference import choose_threshold, evaluate, make_eval_loader
 from .losses import build_loss
 from .precision import amp_dtype, autocast, grad_scaler, place_model, to_layout
@@ -49,25 +52,31 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_config(cfg: Config, train_table: pd.DataFrame, scales: dict[str, np.ndarray] | None = None) -> Config:
+def prepare_config(cfg: Config, train_table: pd.DataFrame, scales: dict[str, np.ndarray] | None = None,
+                   cache: SliceCache | None = None) -> Config:
     """Fill sizes for this hardware and the normalisation statistics from the training patients (after
     per-volume rescaling by ``scales``, measured here when needed and not given)."""
     cfg = cfg.resolved(synthetic=is_synthetic_table(train_table))
     if cfg.mean is None or cfg.std is None:
-        scales = scales_for(cfg.intensity, train_table, scales)
-        mean, std = channel_stats(train_table, seed=cfg.seed, scales=scales)
+        scales = scales_for(cfg.intensity, train_table, scales, cache)
+        mean, std = channel_stats(train_table, seed=cfg.seed, scales=scales, cache=cache)
         cfg = dataclasses.replace(cfg, mean=mean, std=std)
     return cfg
 
 
-def parallelize(model: nn.Module, cfg: Config) -> nn.Module:
-    """Move to ``cfg``'s device and layout; wrap in DataParallel when more than one GPU is visible (the seed's
-    choice)."""
+def parallelize(model: nn.Module, cfg: Config, procs: distributed.Processes | None = None) -> nn.Module:
+    """Move to ``cfg``'s device and layout, then wrap: DistributedDataParallel under ``torchrun`` (``procs``),
+    else DataParallel when one process sees several GPUs (the seed's choice); ``torch.compile`` with
+    ``cfg.compile``."""
     model = place_model(model, cfg)
-    if cfg.torch_device().type == "cuda" and torch.cuda.device_count() > 1:
+    if cfg.torch_device().type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest convolutions once
+    if procs is not None and procs.distributed:
+        model = distributed.wrap(model, cfg, procs)
+    elif cfg.torch_device().type == "cuda" and torch.cuda.device_count() > 1:
         print(f"DataParallel over {torch.cuda.device_count()} GPUs")
         model = nn.DataParallel(model)
-    return model
+    return torch.compile(model) if cfg.compile else model
 
 
 class LearningRate:
@@ -84,29 +93,66 @@ class LearningRate:
             done = max(done, (time.monotonic() - self.start) / self.cfg.time_budget)
         return min(done, 1.0)
 
-    def __call__(self) -> float:
+    def __call__(self, progress: float | None = None) -> float:
+        """The learning rate at ``progress`` (default: now)."""
         if self.cfg.schedule == "constant":
             return self.cfg.lr
-        p = self.progress()
+        p = self.progress() if progress is None else progress
         if p < self.cfg.warmup:
             return self.cfg.lr * (0.1 + 0.9 * p / self.cfg.warmup)
         return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * (p - self.cfg.warmup) / (1 - self.cfg.warmup)))
 
 
-def make_train_loader(cfg: Config, train_table: pd.DataFrame,
-                      scales: dict[str, np.ndarray] | None = None) -> DataLoader:
-    """Shuffled, augmented training slices; with ``cfg.tumour_share`` tumour slices are drawn at that share."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = None
+class EpochSampler(Sampler[int]):
+    """Slice indices for one epoch, a fresh order on each pass: a permutation, or with ``weights`` as many draws
+    (with replacement) in proportion to them.
+
+    Under DDP every process draws the same global order from ``seed`` and the epoch number, cut into global
+    batches of ``world`` x ``batch`` slices, and takes the ``rank``-th block of ``batch`` from each (the last
+    incomplete global batch is dropped, as the one-process loader does). The processes together thus see exactly
+    the global batches of a one-process run, each split into the micro-batches of ``cfg.accumulate``.
+    """
+
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None, rank: int = 0, world: int = 1,
+                 batch: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world, self.batch, self.epoch = n, seed, rank, world, batch, 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
+        if self.world > 1:
+            order = order.repeat(math.ceil(len(self) * self.world / self.n))[:len(self) * self.world]
+            order = order.view(-1, self.batch)[self.rank::self.world].flatten()
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        if self.world == 1:
+            return self.n
+        step = self.world * self.batch
+        return max(self.n // step, 1) * self.batch
+
+
+def make_train_loader(cfg: Config, train_table: pd.DataFrame, scales: dict[str, np.ndarray] | None = None,
+                      cache: SliceCache | None = None, procs: distributed.Processes | None = None) -> DataLoader:
+    """Shuffled, augmented training slices; with ``cfg.tumour_share`` tumour slices are drawn at that share.
+    Under DDP (``procs``) each process loads its share of every global batch of ``cfg.batch_size``."""
+    procs = procs or distributed.Processes()
+    weights = None
     if cfg.tumour_share is not None and 0 < train_table["has_tumour"].mean() < 1:
         tumour = train_table["has_tumour"].to_numpy()
         weights = np.where(tumour, cfg.tumour_share / tumour.sum(), (1 - cfg.tumour_share) / (~tumour).sum())
-        sampler = WeightedRandomSampler(torch.as_tensor(weights), len(train_table), generator=generator)
-    dataset = SliceDataset(train_table, train_transform(cfg), scales=scales_for(cfg.intensity, train_table, scales))
-    return DataLoader(dataset, batch_size=cfg.batch_size,
-                      shuffle=sampler is None, sampler=sampler, generator=generator,
+    sampler = EpochSampler(len(train_table), cfg.seed, weights, procs.rank, procs.world, cfg.batch_size // procs.world)
+    dataset = SliceDataset(train_table, train_transform(cfg), scales=scales_for(cfg.intensity, train_table, scales, cache),
+                           cache=cache)
+    return DataLoader(dataset, batch_size=cfg.batch_size // procs.world, sampler=sampler,
                       drop_last=len(train_table) > cfg.batch_size, num_workers=cfg.workers,
-                      pin_memory=cfg.torch_device().type == "cuda", persistent_workers=cfg.workers > 0)
+                      pin_memory=cfg.torch_device().type == "cuda", persistent_workers=cfg.workers > 0,
+                      prefetch_factor=4 if cfg.workers > 0 else None)
 
 
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -117,71 +163,99 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: nn.Module,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg: Config) -> float:
     """One optimizer step on a batch already on the device; the forward pass runs under ``cfg``'s mixed precision,
-    the loss in fp32. Returns the batch's loss."""
-    with autocast(cfg):
-        logits = model(images)
-    loss = loss_fn(logits.float(), masks)
+    the loss in fp32. With ``cfg.accumulate`` > 1 the batch goes through in that many micro-batches whose
+    gradients add up before the step (less memory; BatchNorm then sees micro-batches, as each DDP process
+    does). Returns the batch's loss (the mean over micro-batches)."""
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    chunks = list(zip(images.chunk(cfg.accumulate), masks.chunk(cfg.accumulate)))
+    total = 0.0
+    for k, (x, y) in enumerate(chunks):
+        # Under DDP, gradients are averaged over processes once, after the last micro-batch.
+        sync = k == len(chunks) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast(cfg):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y) / len(chunks)
+            scaler.scale(loss).backward()
+        total += loss.item()
     scaler.step(optimizer)
     scaler.update()
-    return loss.item()
+    return total
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     cfg: Config, progress: bool = True, desc: str = "train", deadline: float = float("inf"),
-                    schedule: LearningRate | None = None, scaler: torch.amp.GradScaler | None = None) -> float:
-    """One pass over ``loader`` (cut short once ``time.monotonic()`` passes ``deadline``); mean loss per image."""
+                    schedule: LearningRate | None = None, scaler: torch.amp.GradScaler | None = None,
+                    procs: distributed.Processes | None = None) -> float:
+    """One pass over ``loader`` (cut short once ``time.monotonic()`` passes ``deadline``); mean loss per image,
+    over all processes under DDP (where every process also agrees on when to stop and on the learning rate)."""
     device = cfg.torch_device()
+    procs = procs or distributed.Processes()
     scaler = scaler if scaler is not None else grad_scaler(cfg)
     model.train()
     total, seen = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and procs.main))
     for images, masks in bar:
-        if time.monotonic() > deadline:
+        clock = schedule.progress() if schedule is not None else 0.0
+        clock, late = distributed.max_over([clock, float(time.monotonic() > deadline)], procs)
+        if late:
             break
         if schedule is not None:
             for group in optimizer.param_groups:
-                group["lr"] = schedule()
+                group["lr"] = schedule(clock)
             schedule.step_count += 1
         images, masks = to_layout(images.to(device, non_blocking=True), cfg), masks.to(device, non_blocking=True)
         total += train_step(model, images, masks, loss_fn, optimizer, scaler, cfg) * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
-    return total / seen if seen else float("nan")
+    distributed.average_buffers(model, procs)
+    return distributed.mean_over(total / seen if seen else float("nan"), procs)
 
 
-def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progress: bool = True) -> TrainResult:
+def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progress: bool = True,
+        on_epoch: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
     """Train for ``cfg.epochs`` and keep the epoch with the best validation Dice, writing the run folder.
 
     Validation Dice is the mean over validation patients of their 3-D Dice (see :mod:`helpers.metrics`).
+    Under ``torchrun`` every process trains its share of each batch (DDP); the main process validates and writes
+    the run folder, and the others follow its decisions. ``on_epoch(epoch, model)`` is called on every process
+    after each epoch with the unwrapped model (for live plots, or to inspect the weights).
     """
     shared = set(train_table["patient"]) & set(val_table["patient"])
     if shared:
         raise ValueError(f"patients on both sides of the split: {sorted(shared)[:5]}")
+    procs, cfg = distributed.setup(cfg)
+    progress = progress and procs.main
+    say = print if procs.main else (lambda *args, **kwargs: None)
     set_seed(cfg.seed)
-    # Each patient's intensity level is read once, for the statistics and both loaders.
-    scales = scales_for(cfg.intensity, pd.concat([train_table, val_table]))
-    cfg = prepare_config(cfg, train_table, scales)
+    # Slices are decoded once (into RAM unless cfg.cache is off) and each patient's intensity level is measured
+    # once, for the statistics and both loaders.
+    table = pd.concat([train_table, val_table])
+    cache = SliceCache(table, progress) if cfg.cache else None
+    scales = scales_for(cfg.intensity, table, cache=cache)
+    cfg = prepare_config(cfg, train_table, scales, cache)
     device = cfg.torch_device()
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
-    split = pd.concat([train_table.assign(split="train"), val_table.assign(split="val")])
-    split.groupby("patient", sort=False)["split"].first().reset_index().to_csv(run_dir / "split.csv", index=False)
+    if procs.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+        split = pd.concat([train_table.assign(split="train"), val_table.assign(split="val")])
+        split.groupby("patient", sort=False)["split"].first().reset_index().to_csv(run_dir / "split.csv", index=False)
 
-    train_loader = make_train_loader(cfg, train_table, scales)
-    val_loader = make_eval_loader(val_table, cfg, scales)
+    train_loader = make_train_loader(cfg, train_table, scales, cache, procs)
+    val_loader = make_eval_loader(val_table, cfg, scales, cache) if procs.main else None
     # Per-epoch model selection scores plain predictions; TTA and blob removal are for the final choices.
     select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0)
-    model = parallelize(build_model(cfg), cfg)
+    model = parallelize(build_model(cfg), cfg, procs)
     loss_fn = build_loss(cfg)
     optimizer = make_optimizer(cfg, model)
     schedule = LearningRate(cfg, cfg.epochs * len(train_loader))
     scaler = grad_scaler(cfg)
-    print(f"training on {device}: {train_table['patient'].nunique()} patients / {len(train_table)} slices, "
-          f"validating on {val_table['patient'].nunique()} patients / {len(val_table)} slices, "
-          f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs, precision {amp_dtype(cfg) or 'fp32'}")
+    say(f"training on {device}{f' x {procs.world} processes' if procs.distributed else ''}: "
+        f"{train_table['patient'].nunique()} patients / {len(train_table)} slices, "
+        f"validating on {val_table['patient'].nunique()} patients / {len(val_table)} slices, "
+        f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs, precision {amp_dtype(cfg) or 'fp32'}"
+        + (f", {cache.nbytes / 2**20:.0f} MiB of slices cached" if cache is not None else ""))
 
     rows, best_dice, best_epoch = [], -1.0, 0
     deadline = time.monotonic() + (cfg.time_budget if cfg.time_budget is not None else float("inf"))
@@ -189,44 +263,59 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         start = time.perf_counter()
         train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, cfg, progress,
                                      desc=f"epoch {epoch}/{cfg.epochs}", deadline=deadline, schedule=schedule,
-                                     scaler=scaler)
-        val_loss, dice = evaluate(model, val_loader, val_table["patient"].tolist(), select_cfg, loss_fn)
-        rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                     "val_dice": float(dice.mean()), "val_dice_median": float(dice.median()),
-                     "seconds": time.perf_counter() - start})
-        pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
-        save_checkpoint(run_dir / "last.pt", model, cfg, epoch=epoch, val_dice=rows[-1]["val_dice"])
-        # With a decaying schedule, early high-learning-rate epochs are not candidates: their validation Dice on
-        # a few patients is noisy, and picking its maximum there loses to the annealed model (README, "Accuracy").
-        eligible = cfg.schedule == "constant" or schedule.progress() >= cfg.select_after
-        if eligible and rows[-1]["val_dice"] > best_dice:
+                                     scaler=scaler, procs=procs)
+        if on_epoch is not None:
+            on_epoch(epoch, unwrap(model))
+        decision = None
+        if procs.main:
+            # Validation runs on the main process alone, on the unwrapped model (no collective calls inside).
+            val_loss, dice = evaluate(unwrap(model), val_loader, val_table["patient"].tolist(), select_cfg, loss_fn)
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "val_dice": float(dice.mean()), "val_dice_median": float(dice.median()),
+                   "seconds": time.perf_counter() - start}
+            # With a decaying schedule, early high-learning-rate epochs are not candidates: their validation Dice on
+            # a few patients is noisy, and picking its maximum there loses to the annealed model (README, "Accuracy").
+            eligible = cfg.schedule == "constant" or schedule.progress() >= cfg.select_after
+            decision = {"row": row, "better": eligible and row["val_dice"] > best_dice,
+                        "late": time.monotonic() > deadline}
+        decision = distributed.from_main(decision, procs)
+        rows.append(decision["row"])
+        if decision["better"]:
             best_dice, best_epoch = rows[-1]["val_dice"], epoch
-            save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch, val_dice=best_dice)
-        print(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-              f"val Dice {rows[-1]['val_dice']:.3f}  ({rows[-1]['seconds']:.0f}s)")
-        if time.monotonic() > deadline:
-            print(f"time budget of {cfg.time_budget:.0f}s reached after epoch {epoch}; keeping the best epoch")
+        if procs.main:
+            pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
+            save_checkpoint(run_dir / "last.pt", model, cfg, epoch=epoch, val_dice=rows[-1]["val_dice"])
+            if decision["better"]:
+                save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch, val_dice=best_dice)
+        say(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {rows[-1]['val_loss']:.4f}  "
+            f"val Dice {rows[-1]['val_dice']:.3f}  ({rows[-1]['seconds']:.0f}s)")
+        if decision["late"]:
+            say(f"time budget of {cfg.time_budget:.0f}s reached after epoch {epoch}; keeping the best epoch")
             break
         if cfg.patience is not None and best_epoch and epoch - best_epoch >= cfg.patience:
-            print(f"no better validation Dice for {cfg.patience} epochs; stopping early")
+            say(f"no better validation Dice for {cfg.patience} epochs; stopping early")
             break
 
     if not best_epoch:  # stopped before any epoch was a candidate: the last one is the best there is
         best_dice, best_epoch = rows[-1]["val_dice"], rows[-1]["epoch"]
-        save_checkpoint(run_dir / "best.pt", model, cfg, epoch=best_epoch, val_dice=best_dice)
+        if procs.main:
+            save_checkpoint(run_dir / "best.pt", model, cfg, epoch=best_epoch, val_dice=best_dice)
+    distributed.barrier(procs)  # best.pt is on disk for every process
     best_model, _, _ = load_checkpoint(run_dir / "best.pt", device)
-    if cfg.tune_threshold:
+    if cfg.tune_threshold and procs.main:
         curve = choose_threshold(best_model, val_table, cfg)
         curve.sort_index().to_csv(run_dir / "threshold_curve.csv")
         cfg = dataclasses.replace(cfg, threshold=float(curve.index[0]))
         best_dice = float(curve.iloc[0])
-        print(f"threshold {cfg.threshold:.2f} (validation Dice {best_dice:.3f}; 0.5 gives {curve[0.5]:.3f})")
+        say(f"threshold {cfg.threshold:.2f} (validation Dice {best_dice:.3f}; 0.5 gives {curve[0.5]:.3f})")
         save_checkpoint(run_dir / "best.pt", best_model, cfg, epoch=best_epoch, val_dice=best_dice)
         cfg.save(run_dir / "config.json")
+    cfg = distributed.from_main(cfg, procs)
     return TrainResult(best_model, cfg, pd.DataFrame(rows), train_table, val_table, run_dir, best_epoch, best_dice)
 
 
-def train_run(cfg: Config, table: pd.DataFrame, progress: bool = True) -> TrainResult:
+def train_run(cfg: Config, table: pd.DataFrame, progress: bool = True,
+              on_epoch: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
     """Split ``table`` by patient (``cfg.val_fraction``, ``cfg.seed``) and :func:`fit`; what the CLI runs."""
     train_table, val_table = split_patients(table, cfg.val_fraction, cfg.seed)
-    return fit(cfg, train_table, val_table, progress)
+    return fit(cfg, train_table, val_table, progress, on_epoch)

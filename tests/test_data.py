@@ -92,7 +92,8 @@ def test_k_fold_validates_every_patient_exactly_once(real_sample_or_synthetic):
         patient_folds(table, 1, seed=0)
 
 
-def test_volume_rescaling_removes_a_patients_overall_brightness(tmp_path):
+@pytest.mark.parametrize("method", ["volume", "brain"])
+def test_volume_rescaling_removes_a_patients_overall_brightness(tmp_path, method):
     from helpers.data import rescale, volume_scales
 
     root = write_synthetic_dataset(tmp_path, n_patients=2, n_slices=6, seed=4)
@@ -101,8 +102,23 @@ def test_volume_rescaling_removes_a_patients_overall_brightness(tmp_path):
         image = cv2.imread(str(f))
         cv2.imwrite(str(f), (image * 0.6).astype(np.uint8))
     table = load_dataset(root)
-    scales = volume_scales(table)
+    scales = volume_scales(table, method=method)
     bright, dark = (scales[p] for p in sorted(scales))
     assert np.allclose(dark / bright, 0.6, atol=0.03)
     first = [rescale(read_image(table[table.patient == p].image_path.iloc[3]), scales[p]) for p in sorted(scales)]
     assert abs(float(first[0].mean()) - float(first[1].mean())) < 0.1 * float(first[0].mean())
+
+
+def test_brain_level_does_not_depend_on_the_tumour(tmp_path):
+    from helpers.data import volume_scales
+
+    root = write_synthetic_dataset(tmp_path, n_patients=1, n_slices=6, seed=5)
+    table = load_dataset(root)
+    before = {m: volume_scales(table, method=m)[table.patient[0]] for m in ("volume", "brain")}
+    for f in root.glob("TCGA_*/*[0-9].tif"):  # a large, very bright FLAIR lesion in every slice
+        image = cv2.imread(str(f))
+        image[100:140, 100:140, 1] = 255  # cv2 order is BGR: index 1 is the middle channel, FLAIR
+        cv2.imwrite(str(f), image)
+    after = {m: volume_scales(table, method=m)[table.patient[0]] for m in ("volume", "brain")}
+    assert abs(after["brain"][1] / before["brain"][1] - 1) < 0.05  # the brain median barely moves
+    assert after["volume"][1] / before["volume"][1] > 1.1  # the bright end is the lesion's

@@ -118,7 +118,8 @@ def test_training_reads_each_volume_level_once(tmp_path, synthetic_dir, monkeypa
 
     calls = []
     measure = helpers.data.volume_scales
-    monkeypatch.setattr(helpers.data, "volume_scales", lambda table: calls.append(len(table)) or measure(table))
+    monkeypatch.setattr(helpers.data, "volume_scales",
+                        lambda table, **kw: calls.append(len(table)) or measure(table, **kw))
     table = load_dataset(synthetic_dir)
     cfg = Config(run_dir=str(tmp_path / "run"), image_size=32, features=(4, 8, 16, 32), device="cpu", epochs=1,
                  intensity="volume")
