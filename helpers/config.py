@@ -75,7 +75,7 @@ class Config:
     augment: str = "light"  # "light": flips, small affine moves; "strong": wider affine, gamma, noise, blur; "off"
     intensity_jitter: float = 0.1  # brightness/contrast change of up to this share, in training
     channel_gain: float = 0.0  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
-    intensity: str = "volume"  # rescale each patient by its own 99th-percentile level; "brain": by its brain median; or "dataset"
+    intensity: str = "volume"  # per patient: by its 99th-percentile level; "brain": by its brain median; "dataset"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     seed: int = 42

@@ -146,10 +146,11 @@ def make_train_loader(cfg: Config, train_table: pd.DataFrame, scales: dict[str, 
     if cfg.tumour_share is not None and 0 < train_table["has_tumour"].mean() < 1:
         tumour = train_table["has_tumour"].to_numpy()
         weights = np.where(tumour, cfg.tumour_share / tumour.sum(), (1 - cfg.tumour_share) / (~tumour).sum())
-    sampler = EpochSampler(len(train_table), cfg.seed, weights, procs.rank, procs.world, cfg.batch_size // procs.world)
-    dataset = SliceDataset(train_table, train_transform(cfg), scales=scales_for(cfg.intensity, train_table, scales, cache),
-                           cache=cache)
-    return DataLoader(dataset, batch_size=cfg.batch_size // procs.world, sampler=sampler,
+    per_process = cfg.batch_size // procs.world
+    sampler = EpochSampler(len(train_table), cfg.seed, weights, procs.rank, procs.world, per_process)
+    scales = scales_for(cfg.intensity, train_table, scales, cache)
+    dataset = SliceDataset(train_table, train_transform(cfg), scales=scales, cache=cache)
+    return DataLoader(dataset, batch_size=per_process, sampler=sampler,
                       drop_last=len(train_table) > cfg.batch_size, num_workers=cfg.workers,
                       pin_memory=cfg.torch_device().type == "cuda", persistent_workers=cfg.workers > 0,
                       prefetch_factor=4 if cfg.workers > 0 else None)
