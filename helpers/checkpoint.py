@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,10 @@ from torch import nn
 
 from .config import Config
 from .model import UNet
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: corrupt, foreign, unsafe, or for another architecture."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -38,15 +43,36 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **info: Any
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, Config, dict[str, Any]]:
-    """Rebuild the model from a checkpoint; returns (model in eval mode, its config, the other saved fields)."""
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw contents of a checkpoint of this project, loaded safely; clear errors for anything else."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint (expected RUN/best.pt or RUN/last.pt)")
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        # weights_only: tensors and plain containers only. A pickle that would run code is refused here.
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines()]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])
+        raise CheckpointError(f"{path}: refused: it holds objects other than weights and settings, which "
+                              f"loading would have to execute ({detail}); only load checkpoints written by "
+                              "this project") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        reason = str(error).split(". ")[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({reason})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path}: not a checkpoint of this project (expected keys 'model' and 'config')")
-    cfg = Config.from_dict(state.pop("config"))
-    model = build_model(cfg)
-    model.load_state_dict(state.pop("model"))
+        raise CheckpointError(f"{path}: not a checkpoint of this project (expected keys 'model' and 'config')")
+    return state
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, Config, dict[str, Any]]:
+    """Rebuild the model from a checkpoint; returns (model in eval mode, its config, the other saved fields)."""
+    state = read_checkpoint(path, device)
+    try:
+        cfg = Config.from_dict(state.pop("config"))
+        model = build_model(cfg)
+        model.load_state_dict(state.pop("model"))
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: its weights do not fit the U-Net its config describes "
+                              f"({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), cfg, state

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import AMPS, AUGMENTS, INTENSITIES, LOSSES, OPTIMIZERS, SCHEDULES, Config
 from .data import DataError
+from .train import TrainingError
 
 
 def _features(text: str) -> tuple[int, ...]:
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the U-Net and write a run folder")
     train.add_argument("--data-dir", help="a kaggle_3m folder (default: find one, else synthetic tiles)")
     train.add_argument("--out", default=Config.run_dir, help="run folder (default: %(default)s)")
+    train.add_argument("--resume", metavar="RUN", help="go on with the run in RUN from its last.pt (its own "
+                       "settings; other flags but --data-dir and --quiet are ignored)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--image-size", type=int)
     train.add_argument("--features", type=_features, help="U-Net widths, e.g. 16,32,64,128")
@@ -119,7 +122,7 @@ def _train(args: argparse.Namespace) -> None:
     from . import distributed
     from .data import load_dataset
     from .source import resolve_data
-    from .train import train_run
+    from .train import resume_run, train_run
 
     # Every train flag is named after the Config field it sets (dashes for underscores), except --out; the
     # flags' defaults are Config's own.
@@ -127,9 +130,12 @@ def _train(args: argparse.Namespace) -> None:
     cfg = Config(**knobs, run_dir=args.out)
     procs, cfg = distributed.setup(cfg)  # under torchrun: join the job first
     try:
-        # The main process finds (or downloads, or writes) the data; the others use what it found.
-        path = distributed.from_main(resolve_data(cfg).path if procs.main else None, procs)
-        result = train_run(cfg, load_dataset(path), progress=not args.quiet)
+        if args.resume:
+            result = resume_run(args.resume, args.data_dir, progress=not args.quiet)
+        else:
+            # The main process finds (or downloads, or writes) the data; the others use what it found.
+            path = distributed.from_main(resolve_data(cfg).path if procs.main else None, procs)
+            result = train_run(cfg, load_dataset(path), progress=not args.quiet)
         if procs.main:
             print(f"best epoch {result.best_epoch}: validation Dice {result.best_val_dice:.3f} -> "
                   f"{result.run_dir}/best.pt")
@@ -191,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             from .diagram import save_unet_diagram
             from .model import SEED_FEATURES, UNet
             print(save_unet_diagram(Path(args.out), UNet(features=args.features or SEED_FEATURES)))
-    except (DataError, FileNotFoundError, ValueError) as error:
+    except (DataError, FileNotFoundError, ValueError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -96,22 +98,41 @@ def _images(paths, cache: SliceCache | None) -> list[np.ndarray]:
     return [cache.image(p) if cache is not None else read_image(p) for p in paths]
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the slice's header, without decoding it; checks that it is 3-channel 8-bit."""
+    try:
+        with Image.open(path) as image:
+            mode, size = image.mode, image.size
+    except (OSError, SyntaxError) as error:
+        raise DataError(f"{path}: cannot be read as an image ({error}); expected a 3-channel 8-bit TIFF") from None
+    if mode != "RGB":
+        raise DataError(f"{path}: image mode {mode} {size[0]}x{size[1]}; expected a 3-channel 8-bit TIFF (RGB)")
+    return size[1], size[0]
+
+
 def load_dataset(data_dir: str | Path) -> pd.DataFrame:
     """One row per slice: patient, institution, slice number, image and mask paths, tumour flag and size.
 
-    Rows are ordered by patient, then by slice number as a number (2 before 10).
+    Rows are ordered by patient, then by slice number as a number (2 before 10). Checked here, each with an
+    error naming the file: an image without its mask and the reverse, an image that is not 3-channel 8-bit, a
+    mask of another size than its image or with values other than 0 and 255, an unreadable file. Files in a
+    patient folder that are not slices (``.DS_Store``, notes, non-numeric slice names) are skipped with one
+    warning that counts them. Files beside the patient folders (the Kaggle ``data.csv`` and ``README.md``) are
+    not read.
     """
     data_dir = Path(data_dir)
     root = find_kaggle_3m(data_dir)
     if root is None:
         raise DataError(f"{data_dir}: no kaggle_3m slices found (expected {EXPECTED_LAYOUT})")
-    rows = []
+    rows, skipped = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and PATIENT_RE.match(p.name)):
         images, masks = {}, {}
         for f in folder.iterdir():
             m = SLICE_RE.match(f.name)
             if m and m["case"] == folder.name:
                 (masks if m["mask"] else images)[int(m["slice"])] = f
+            else:
+                skipped.append(f)
         if no_mask := sorted(set(images) - set(masks)):
             path = images[no_mask[0]]
             raise DataError(f"{path}: image has no mask (expected {path.stem}_mask.tif beside it)")
@@ -119,10 +140,24 @@ def load_dataset(data_dir: str | Path) -> pd.DataFrame:
             raise DataError(f"{masks[no_image[0]]}: mask has no image "
                             f"(expected {folder.name}_{no_image[0]}.tif beside it)")
         for n in sorted(images):
-            pixels = int(read_mask(masks[n]).sum())
+            height, width = _image_size(images[n])
+            raw = cv2.imread(str(masks[n]), cv2.IMREAD_UNCHANGED)
+            if raw is None:
+                raise DataError(f"{masks[n]}: cannot be read as a mask (expected a single-channel 0/255 TIFF)")
+            if raw.shape != (height, width):
+                raise DataError(f"{masks[n]}: mask of shape {raw.shape}, its image is {height}x{width}; "
+                                "expected a single-channel mask of the same size")
+            if bad := sorted(set(np.unique(raw).tolist()) - {0, 255}):
+                raise DataError(f"{masks[n]}: mask values {bad[:5]}; expected only 0 (background) and 255 (tumour)")
+            pixels = int((raw > 0).sum())
             rows.append({"patient": folder.name, "institution": folder.name.split("_")[1], "slice": n,
                          "image_path": str(images[n]), "mask_path": str(masks[n]),
                          "has_tumour": pixels > 0, "tumour_pixels": pixels})
+    if skipped:
+        names = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
+        warnings.warn(f"{root}: skipped {len(skipped)} files in patient folders that are not slices "
+                      f"(<patient>_<n>.tif / <patient>_<n>_mask.tif): {names}{', ...' if len(skipped) > 3 else ''}",
+                      stacklevel=2)
     if not rows:
         raise DataError(f"{root}: no kaggle_3m slices found (expected {EXPECTED_LAYOUT})")
     return pd.DataFrame(rows, columns=COLUMNS)

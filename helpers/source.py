@@ -31,6 +31,14 @@ def kaggle_credentials_present() -> bool:
     return (folder / "kaggle.json").is_file() or (folder / "access_token").is_file()
 
 
+def _redacted(text: str) -> str:
+    """``text`` with any Kaggle credential from the environment replaced: messages are printed and logged."""
+    for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        if secret := os.environ.get(name):
+            text = text.replace(secret, "***")
+    return text
+
+
 def download_from_kaggle(target: Path) -> Path:
     """Download and unzip the dataset with the official client into ``target``; returns ``target``."""
     import kaggle  # imported here only: without credentials the import prints an authentication banner
@@ -65,7 +73,7 @@ def resolve_data(cfg: Config, kaggle_input: Path = KAGGLE_INPUT) -> DataSource:
         try:
             path = find_kaggle_3m(download_from_kaggle(download_dir / "lgg-mri-segmentation"))
         except Exception as error:  # network, quota, terms not accepted: fall back, but say why
-            print(f"Kaggle download of {KAGGLE_DATASET} failed ({type(error).__name__}: {error}); "
+            print(f"Kaggle download of {KAGGLE_DATASET} failed ({type(error).__name__}: {_redacted(str(error))}); "
                   "using synthetic tiles instead")
         else:
             if path is not None:

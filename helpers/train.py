@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,14 +23,18 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import build_model, load_checkpoint, save_checkpoint, unwrap
+from .checkpoint import CheckpointError, build_model, load_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from .config import Config
-from .data import SliceCache, SliceDataset, channel_stats, scales_for, split_patients
+from .data import DataError, SliceCache, SliceDataset, channel_stats, load_dataset, scales_for, split_patients
 from .inference import choose_threshold, evaluate, make_eval_loader
 from .losses import build_loss
 from .precision import amp_dtype, autocast, grad_scaler, place_model, to_layout
 from .synthetic import is_synthetic_table
 from .transforms import train_transform
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN or infinite loss); the message names the epoch and step."""
 
 
 @dataclass
@@ -137,6 +142,14 @@ class EpochSampler(Sampler[int]):
         return max(self.n // step, 1) * self.batch
 
 
+def _seed_worker_augmentation(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream (they start as copies of one seeded pipeline);
+    torch seeds each worker reproducibly from the run's seed."""
+    dataset = torch.utils.data.get_worker_info().dataset
+    if hasattr(dataset.transform, "set_random_seed"):
+        dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
 def make_train_loader(cfg: Config, train_table: pd.DataFrame, scales: dict[str, np.ndarray] | None = None,
                       cache: SliceCache | None = None, procs: distributed.Processes | None = None) -> DataLoader:
     """Shuffled, augmented training slices; with ``cfg.tumour_share`` tumour slices are drawn at that share.
@@ -150,7 +163,7 @@ def make_train_loader(cfg: Config, train_table: pd.DataFrame, scales: dict[str, 
     sampler = EpochSampler(len(train_table), cfg.seed, weights, procs.rank, procs.world, per_process)
     scales = scales_for(cfg.intensity, train_table, scales, cache)
     dataset = SliceDataset(train_table, train_transform(cfg), scales=scales, cache=cache)
-    return DataLoader(dataset, batch_size=per_process, sampler=sampler,
+    return DataLoader(dataset, batch_size=per_process, sampler=sampler, worker_init_fn=_seed_worker_augmentation,
                       drop_last=len(train_table) > cfg.batch_size, num_workers=cfg.workers,
                       pin_memory=cfg.torch_device().type == "cuda", persistent_workers=cfg.workers > 0,
                       prefetch_factor=4 if cfg.workers > 0 else None)
@@ -177,6 +190,8 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss
             with autocast(cfg):
                 logits = model(x)
             loss = loss_fn(logits.float(), y) / len(chunks)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss is {loss.item() * len(chunks)}")
             scaler.scale(loss).backward()
         total += loss.item()
     scaler.step(optimizer)
@@ -196,7 +211,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
     model.train()
     total, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and procs.main))
-    for images, masks in bar:
+    for step, (images, masks) in enumerate(bar, start=1):
         clock = schedule.progress() if schedule is not None else 0.0
         clock, late = distributed.max_over([clock, float(time.monotonic() > deadline)], procs)
         if late:
@@ -206,7 +221,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
                 group["lr"] = schedule(clock)
             schedule.step_count += 1
         images, masks = to_layout(images.to(device, non_blocking=True), cfg), masks.to(device, non_blocking=True)
-        total += train_step(model, images, masks, loss_fn, optimizer, scaler, cfg) * len(images)
+        try:
+            total += train_step(model, images, masks, loss_fn, optimizer, scaler, cfg) * len(images)
+        except FloatingPointError as error:
+            raise TrainingError(f"{desc}, step {step}: {error}; the weights were not updated with it") from None
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
     distributed.average_buffers(model, procs)
@@ -214,13 +232,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
 
 
 def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progress: bool = True,
-        on_epoch: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
+        on_epoch: Callable[[int, nn.Module], None] | None = None, resume: dict[str, Any] | None = None
+        ) -> TrainResult:
     """Train for ``cfg.epochs`` and keep the epoch with the best validation Dice, writing the run folder.
 
     Validation Dice is the mean over validation patients of their 3-D Dice (see :mod:`helpers.metrics`).
     Under ``torchrun`` every process trains its share of each batch (DDP); the main process validates and writes
     the run folder, and the others follow its decisions. ``on_epoch(epoch, model)`` is called on every process
     after each epoch with the unwrapped model (for live plots, or to inspect the weights).
+
+    ``last.pt`` is written after every epoch with everything needed to go on: optimizer, loss scaler, schedule
+    clock, history, best epoch and data order. ``resume`` (see :func:`resume_run`) continues from it; a run
+    interrupted by Ctrl-C, a crash or a killed session loses at most the epoch in progress.
     """
     shared = set(train_table["patient"]) & set(val_table["patient"])
     if shared:
@@ -258,13 +281,39 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs, precision {amp_dtype(cfg) or 'fp32'}"
         + (f", {cache.nbytes / 2**20:.0f} MiB of slices cached" if cache is not None else ""))
 
-    rows, best_dice, best_epoch = [], -1.0, 0
-    deadline = time.monotonic() + (cfg.time_budget if cfg.time_budget is not None else float("inf"))
-    for epoch in range(1, cfg.epochs + 1):
+    rows, best_dice, best_epoch, finished = [], -1.0, 0, False
+    if resume is not None:
+        unwrap(model).load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        schedule.step_count = resume["steps"]
+        schedule.start -= resume["train_seconds"]  # the time budget and the schedule's clock go on
+        train_loader.sampler.epoch = resume["sampler_epoch"]
+        rows, best_dice, best_epoch = list(resume["history"]), resume["best_dice"], resume["best_epoch"]
+        finished = resume["finished"] or len(rows) >= cfg.epochs
+        say(f"resuming after epoch {len(rows)} ({resume['train_seconds']:.0f}s of training done)"
+            + ("; that run had already finished" if finished else ""))
+    deadline = schedule.start + (cfg.time_budget if cfg.time_budget is not None else float("inf"))
+
+    def save_last(epoch: int, done: bool) -> None:
+        state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "steps": schedule.step_count,
+                 "train_seconds": time.monotonic() - schedule.start, "sampler_epoch": train_loader.sampler.epoch,
+                 "history": rows, "best_dice": best_dice, "best_epoch": best_epoch, "finished": done}
+        save_checkpoint(run_dir / "last.pt", model, cfg, epoch=epoch, val_dice=rows[-1]["val_dice"], resume=state)
+
+    for epoch in range(len(rows) + 1, 0 if finished else cfg.epochs + 1):
         start = time.perf_counter()
-        train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, cfg, progress,
-                                     desc=f"epoch {epoch}/{cfg.epochs}", deadline=deadline, schedule=schedule,
-                                     scaler=scaler, procs=procs)
+        try:
+            train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, cfg, progress,
+                                         desc=f"epoch {epoch}/{cfg.epochs}", deadline=deadline, schedule=schedule,
+                                         scaler=scaler, procs=procs)
+        except KeyboardInterrupt:
+            say(f"\ninterrupted in epoch {epoch}; {run_dir}/last.pt holds epoch {epoch - 1}: go on with "
+                f"`python -m helpers train --resume {run_dir}` or helpers.train.resume_run({str(run_dir)!r})")
+            raise
+        except TrainingError as error:
+            raise TrainingError(f"{error}. Training stopped; {run_dir}/last.pt keeps epoch {epoch - 1}, the last "
+                                "good one (try a lower lr, or amp='off')") from None
         if on_epoch is not None:
             on_epoch(epoch, unwrap(model))
         decision = None
@@ -283,17 +332,18 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         rows.append(decision["row"])
         if decision["better"]:
             best_dice, best_epoch = rows[-1]["val_dice"], epoch
+        stop = decision["late"] or (cfg.patience is not None and best_epoch and epoch - best_epoch >= cfg.patience)
         if procs.main:
-            pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
-            save_checkpoint(run_dir / "last.pt", model, cfg, epoch=epoch, val_dice=rows[-1]["val_dice"])
             if decision["better"]:
                 save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch, val_dice=best_dice)
+            save_last(epoch, bool(stop) or epoch == cfg.epochs)
+            pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
         say(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {rows[-1]['val_loss']:.4f}  "
             f"val Dice {rows[-1]['val_dice']:.3f}  ({rows[-1]['seconds']:.0f}s)")
         if decision["late"]:
             say(f"time budget of {cfg.time_budget:.0f}s reached after epoch {epoch}; keeping the best epoch")
             break
-        if cfg.patience is not None and best_epoch and epoch - best_epoch >= cfg.patience:
+        if stop:
             say(f"no better validation Dice for {cfg.patience} epochs; stopping early")
             break
 
@@ -320,3 +370,27 @@ def train_run(cfg: Config, table: pd.DataFrame, progress: bool = True,
     """Split ``table`` by patient (``cfg.val_fraction``, ``cfg.seed``) and :func:`fit`; what the CLI runs."""
     train_table, val_table = split_patients(table, cfg.val_fraction, cfg.seed)
     return fit(cfg, train_table, val_table, progress, on_epoch)
+
+
+def resume_run(run_dir: str | Path, data_dir: str | None = None, progress: bool = True,
+               on_epoch: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
+    """Go on with the run in ``run_dir`` from its ``last.pt``: the same config, patient split, optimizer,
+    schedule, history and data order, until the epochs or the time budget it was started with are used up.
+    ``data_dir`` points at the data when it has moved since. Augmentation draws are not replayed."""
+    from .source import resolve_data
+
+    run_dir = Path(run_dir)
+    state = read_checkpoint(run_dir / "last.pt")
+    if "resume" not in state:
+        raise CheckpointError(f"{run_dir / 'last.pt'}: written before runs could be resumed; start a new run")
+    cfg = Config.from_dict(state["config"])
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir), data_dir=data_dir or cfg.data_dir)
+    table = load_dataset(resolve_data(cfg).path)
+    split = pd.read_csv(run_dir / "split.csv")
+    if missing := sorted(set(split["patient"]) - set(table["patient"])):
+        raise DataError(f"{run_dir / 'split.csv'}: patients {missing[:3]} of the run are not in the data "
+                        f"({len(missing)} missing); pass the data folder the run was trained on")
+    side = dict(zip(split["patient"], split["split"]))
+    train_table = table[table["patient"].map(side) == "train"].reset_index(drop=True)
+    val_table = table[table["patient"].map(side) == "val"].reset_index(drop=True)
+    return fit(cfg, train_table, val_table, progress, on_epoch, resume={**state["resume"], "model": state["model"]})

@@ -54,10 +54,11 @@ def train_transform(cfg: Config) -> A.Compose:
                        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8) if strong else
               A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
                        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5))
+    # Seeded: albumentations otherwise draws from OS entropy and two runs with one seed would differ.
     return A.Compose([
         A.Resize(cfg.image_size, cfg.image_size, interpolation=cv2.INTER_AREA),
         A.HorizontalFlip(p=0.5),
         affine,
         *intensity,
         _normalize(cfg),
-    ])
+    ], seed=cfg.seed)

@@ -122,3 +122,52 @@ def test_brain_level_does_not_depend_on_the_tumour(tmp_path):
     after = {m: volume_scales(table, method=m)[table.patient[0]] for m in ("volume", "brain")}
     assert abs(after["brain"][1] / before["brain"][1] - 1) < 0.05  # the brain median barely moves
     assert after["volume"][1] / before["volume"][1] > 1.1  # the bright end is the lesion's
+
+
+def _break(root, how):
+    """Damage one slice of a synthetic tree the way real downloads get damaged; returns the file named."""
+    image = sorted(root.glob("*/*_2.tif"))[0]
+    mask = image.with_name(image.stem + "_mask.tif")
+    if how == "corrupt image":
+        image.write_bytes(b"II*\x00" + b"\x00" * 40)  # a TIFF header and nothing behind it
+        return image
+    if how == "grayscale image":
+        cv2.imwrite(str(image), cv2.imread(str(image), cv2.IMREAD_GRAYSCALE))
+        return image
+    if how == "truncated mask":
+        mask.write_bytes(mask.read_bytes()[:100])
+        return mask
+    if how == "mask of another size":
+        cv2.imwrite(str(mask), np.zeros((128, 128), np.uint8))
+        return mask
+    if how == "mask with label 1":
+        cv2.imwrite(str(mask), (cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8))
+        return mask
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("corrupt image", "cannot be read as an image"),
+    ("grayscale image", "image mode L 256x256; expected a 3-channel 8-bit TIFF"),
+    ("truncated mask", "cannot be read as a mask"),
+    ("mask of another size", r"mask of shape \(128, 128\), its image is 256x256"),
+    ("mask with label 1", r"mask values \[1\]; expected only 0 \(background\) and 255"),
+])
+def test_a_damaged_slice_is_a_clear_error_naming_the_file(tmp_path, how, message):
+    root = write_synthetic_dataset(tmp_path, n_patients=2, n_slices=3, seed=0)
+    damaged = _break(root, how)
+    with pytest.raises(DataError, match=f"{damaged.name}: {message}"):
+        load_dataset(root)
+
+
+def test_stray_files_are_counted_and_skipped(tmp_path):
+    root = write_synthetic_dataset(tmp_path, n_patients=2, n_slices=3, seed=0)
+    folder = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    (folder / ".DS_Store").write_bytes(b"\x00\x01")
+    (folder / "README.md").write_text("notes")
+    (folder / f"{folder.name}_abc.tif").write_bytes(b"not a slice number")
+    (root / "data.csv").write_text("Patient,RNASeqCluster\nTCGA_XX_0000,\n")  # the Kaggle companion, with gaps
+    (root / "README.md").write_text("dataset notes")
+    with pytest.warns(UserWarning, match="skipped 3 files in patient folders that are not slices"):
+        table = load_dataset(root)
+    assert len(table) == 6

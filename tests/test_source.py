@@ -1,3 +1,4 @@
+import os
 import shutil
 import sys
 import types
@@ -55,7 +56,8 @@ def _fake_kaggle(monkeypatch, synthetic_dir, calls, fail=False):
     def dataset_download_files(dataset, path, unzip, quiet):
         calls.append((dataset, path, unzip))
         if fail:
-            raise RuntimeError("403 Forbidden")
+            # Some clients echo the request, credentials included, in their errors.
+            raise RuntimeError(f"403 Forbidden for token {os.environ.get('KAGGLE_API_TOKEN')}")
         for copy in ("kaggle_3m", "lgg-mri-segmentation/kaggle_3m"):  # the real zip holds the tree twice
             shutil.copytree(synthetic_dir, f"{path}/{copy}")
 
