@@ -188,6 +188,21 @@ def patient_folds(table: pd.DataFrame, k: int, seed: int) -> list[tuple[pd.DataF
 BRAIN_LEVEL = 90.0  # where intensity="brain" puts each channel's brain median, on the 0..255 scale
 
 
+def brain_pixels(pixels: np.ndarray) -> np.ndarray:
+    """Which of a volume's (N, 3) pixels are brain: Otsu's threshold on the channel sum.
+
+    A fixed share of the bright end is not enough: some volumes (TCGA_FG_A4MU) have a background at a quarter
+    of the brain's level, and a 10%-of-the-99th-percentile cut took in every pixel, background included."""
+    total = pixels.sum(1, dtype=np.int32)
+    top = float(np.percentile(total, 99.5))
+    if top <= 0:
+        return np.ones(len(pixels), bool)
+    scaled = np.clip(total * (255.0 / top), 0, 255).astype(np.uint8)
+    level, _ = cv2.threshold(scaled.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    brain = scaled > level
+    return brain if brain.any() else np.ones(len(pixels), bool)
+
+
 def volume_scales(table: pd.DataFrame, percentile: float = 99.0, cache: SliceCache | None = None,
                   method: str = "volume") -> dict[str, np.ndarray]:
     """Per patient, the level of each channel that :func:`rescale` maps to 255.
@@ -197,17 +212,14 @@ def volume_scales(table: pd.DataFrame, percentile: float = 99.0, cache: SliceCac
 
     * "volume": the channel's ``percentile`` over the volume's non-zero pixels (its bright end: in FLAIR, often
       the tumour itself, so a large tumour darkens the rest of its volume);
-    * "brain": the channel's median over the brain (pixels whose channel sum passes 10% of the volume's
-      99th percentile), mapped to :data:`BRAIN_LEVEL`; the tumour is a small share of the brain, so the level
-      does not depend on it.
+    * "brain": the channel's median over the brain (:func:`brain_pixels`), mapped to :data:`BRAIN_LEVEL`; the
+      tumour is a small share of the brain, so the level does not depend on it.
     """
     scales = {}
     for patient, rows in table.groupby("patient", sort=False):
         pixels = np.stack(_images(rows["image_path"], cache)).reshape(-1, 3)
         if method == "brain":
-            total = pixels.sum(1, dtype=np.int32)
-            brain = pixels[total > 0.1 * np.percentile(total, 99)] if total.any() else pixels
-            levels = np.median(brain, axis=0) * 255.0 / BRAIN_LEVEL
+            levels = np.median(pixels[brain_pixels(pixels)], axis=0) * 255.0 / BRAIN_LEVEL
         else:
             levels = [np.percentile(c[c > 0], percentile) if (c > 0).any() else 255.0 for c in pixels.T]
         scales[patient] = np.maximum(np.asarray(levels, np.float32), 1.0)

@@ -124,6 +124,25 @@ def test_brain_level_does_not_depend_on_the_tumour(tmp_path):
     assert after["volume"][1] / before["volume"][1] > 1.1  # the bright end is the lesion's
 
 
+def test_brain_mask_leaves_out_a_bright_background(tmp_path):
+    from helpers.data import brain_pixels, volume_scales
+
+    root = write_synthetic_dataset(tmp_path, n_patients=1, n_slices=6, seed=6)
+    table = load_dataset(root)
+    before = volume_scales(table, method="brain")[table.patient[0]]
+    inside = []
+    for f in table.image_path:  # a scanner whose background is grey, not black
+        image = cv2.imread(f)
+        inside.append(image.sum(-1) > 0)
+        image[image.sum(-1) == 0] = 30
+        cv2.imwrite(str(f), image)
+    pixels = np.stack([read_image(p) for p in table.image_path]).reshape(-1, 3)
+    background = ~np.stack(inside).reshape(-1)
+    assert brain_pixels(pixels)[background].mean() < 0.01
+    after = volume_scales(table, method="brain")[table.patient[0]]
+    assert np.allclose(after / before, 1, atol=0.1)  # the level is the brain's, not pulled down by background
+
+
 def _break(root, how):
     """Damage one slice of a synthetic tree the way real downloads get damaged; returns the file named."""
     image = sorted(root.glob("*/*_2.tif"))[0]
