@@ -215,15 +215,19 @@ def volume_scales(table: pd.DataFrame, percentile: float = 99.0, cache: SliceCac
     * "brain": the channel's median over the brain (:func:`brain_pixels`), mapped to :data:`BRAIN_LEVEL`; the
       tumour is a small share of the brain, so the level does not depend on it.
     """
-    scales = {}
-    for patient, rows in table.groupby("patient", sort=False):
-        pixels = np.stack(_images(rows["image_path"], cache)).reshape(-1, 3)
-        if method == "brain":
-            levels = np.median(pixels[brain_pixels(pixels)], axis=0) * 255.0 / BRAIN_LEVEL
-        else:
-            levels = [np.percentile(c[c > 0], percentile) if (c > 0).any() else 255.0 for c in pixels.T]
-        scales[patient] = np.maximum(np.asarray(levels, np.float32), 1.0)
-    return scales
+    return {patient: volume_level(_images(rows["image_path"], cache), method, percentile)
+            for patient, rows in table.groupby("patient", sort=False)}
+
+
+def volume_level(images: list[np.ndarray], method: str = "volume", percentile: float = 99.0) -> np.ndarray:
+    """The per-channel level (3,) of one volume's slices (each (H, W, 3) uint8) that :func:`rescale` maps to 255;
+    ``method`` as in :func:`volume_scales`."""
+    pixels = np.concatenate([image.reshape(-1, 3) for image in images])
+    if method == "brain":
+        levels = np.median(pixels[brain_pixels(pixels)], axis=0) * 255.0 / BRAIN_LEVEL
+    else:
+        levels = [np.percentile(c[c > 0], percentile) if (c > 0).any() else 255.0 for c in pixels.T]
+    return np.maximum(np.asarray(levels, np.float32), 1.0)
 
 
 def scales_for(intensity: str, table: pd.DataFrame, scales: dict[str, np.ndarray] | None = None,

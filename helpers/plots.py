@@ -1,8 +1,10 @@
-"""Figures for the notebook: EDA, augmentation check, training curves and prediction overlays.
+"""Figures for the notebook: EDA, augmentation check, training curves, prediction overlays and volume views.
 
 Each function returns its matplotlib Figure, so the notebook shows it and a script can save it.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -157,5 +159,19 @@ def plot_threshold_curve(curve: pd.Series, chosen: float) -> Figure:
     ax.set_ylabel("mean patient Dice")
     ax.set_title("Threshold curve (validation patients)")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_volume(prediction, patient: str | None = None) -> Figure:
+    """The volume view that :func:`helpers.predict.predict` wrote for ``patient`` (default: its first): slices
+    with tumour, predicted outline red, true outline green where a mask exists."""
+    patient = patient or prediction.summary["patient"].iloc[0]
+    first = prediction.slices.loc[prediction.slices["patient"] == patient, "prediction"].iloc[0]
+    grid = plt.imread(Path(first).parent / f"{patient}_volume.png")
+    fig, ax = plt.subplots(figsize=(14, 14 * grid.shape[0] / grid.shape[1] + 0.5))
+    ax.imshow(grid)
+    ax.set_title(f"{patient}: predicted tumour (red), ground truth (green)")
+    ax.axis("off")
     fig.tight_layout()
     return fig
