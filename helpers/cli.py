@@ -92,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--report", default="report.json", help="JSON file to write (default: %(default)s)")
     evaluate.add_argument("--device", default=Config.device)
 
+    predict = commands.add_parser("predict", help="masks, overlays and a per-patient summary for new scans")
+    predict.add_argument("--checkpoint", required=True, help="RUN/best.pt")
+    predict.add_argument("--input", required=True, help="a slice (.tif/.png), a patient folder, or a kaggle_3m "
+                         "folder; masks are not needed")
+    predict.add_argument("--out", required=True, help="folder for the masks, overlays and summary.csv")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                         help="flip test-time augmentation (default: as the checkpoint)")
+    predict.add_argument("--threshold", type=float, help="default: the checkpoint's")
+    predict.add_argument("--min-component", type=int, help="drop predicted 2-D blobs under N pixels")
+    predict.add_argument("--min-volume-share", type=float, help="keep 3-D regions over this share of the largest")
+    predict.add_argument("--strict", action="store_true", help="stop at the first unusable slice (default: skip "
+                         "it with a warning and list it in skipped.csv)")
+    predict.add_argument("--volume-view", action=argparse.BooleanOptionalAction, default=True,
+                         help="a grid PNG and an animated GIF per patient")
+    predict.add_argument("--device", default=Config.device)
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    export = commands.add_parser("export", help="TorchScript and ONNX files of a checkpoint, checked against it")
+    export.add_argument("--checkpoint", required=True, help="RUN/best.pt")
+    export.add_argument("--out", required=True, help="folder for model.onnx, model.torchscript.pt and "
+                        "preprocessing.json")
+    export.add_argument("--format", nargs="+", choices=("torchscript", "onnx"), default=["torchscript", "onnx"])
+
     synth = commands.add_parser("synth", help="write synthetic tiles in the kaggle_3m layout")
     synth.add_argument("--out", required=True, help="folder to create kaggle_3m/ in")
     synth.add_argument("--patients", type=int, default=Config.synthetic_patients)
@@ -146,13 +169,10 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from .checkpoint import load_checkpoint
     from .data import load_dataset
     from .inference import report
 
-    device = Config(device=args.device).torch_device()
-    model, cfg, info = load_checkpoint(args.checkpoint, device)
-    cfg = dataclasses.replace(cfg, device=str(device), workers=0 if device.type == "cpu" else cfg.workers)
+    model, cfg, info = _load(args.checkpoint, args.device)
     table = load_dataset(args.data_dir)
     scores = report(model, table, cfg)
     scores.update(checkpoint=str(args.checkpoint), data_dir=str(args.data_dir), threshold=cfg.threshold,
@@ -162,6 +182,38 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"{scores['n_patients']} patients / {scores['n_slices']} slices: mean patient Dice "
           f"{scores['mean_patient_dice']:.3f}, median {scores['median_patient_dice']:.3f}, "
           f"tumour-slice Dice {scores['tumour_slice_dice']:.3f} -> {args.report}")
+
+
+def _load(checkpoint: str, device: str):
+    from .checkpoint import load_checkpoint
+
+    device = Config(device=device).torch_device()
+    model, cfg, info = load_checkpoint(checkpoint, device)
+    return model, dataclasses.replace(cfg, device=str(device), workers=0 if device.type == "cpu" else cfg.workers), info
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .predict import predict
+
+    model, cfg, _ = _load(args.checkpoint, args.device)
+    changes = {"tta": args.tta, "threshold": args.threshold, "min_component": args.min_component,
+               "min_volume_share": args.min_volume_share}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    result = predict(model, cfg, args.input, args.out, strict=args.strict, volume_view=args.volume_view,
+                     progress=not args.quiet)
+    with_tumour = int((result.summary["slices_with_tumour"] > 0).sum())
+    print(f"{len(result.summary)} patient(s), {len(result.slices)} slices, tumour predicted in {with_tumour} "
+          f"patient(s); {len(result.skipped)} slices skipped -> {result.out_dir}/summary.csv")
+    print(f"{result.slices_per_second:.1f} slices/s end to end ({result.seconds:.1f} s), "
+          f"{len(result.slices) / max(result.model_seconds, 1e-9):.1f} slices/s in the model")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export
+
+    model, cfg, _ = _load(args.checkpoint, "cpu")
+    for name, check in export(model, cfg, args.out, tuple(args.format)).items():
+        print(f"{name}: {check['path']} (max abs difference from PyTorch {check['max_abs_diff']:.2e})")
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -186,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "predict":
+            _predict(args)
+        elif args.command == "export":
+            _export(args)
         elif args.command == "bench":
             _bench(args)
         elif args.command == "synth":
