@@ -83,12 +83,14 @@ def export_onnx(module: Deployable, path: str | Path) -> Path:
 
 
 def run_torchscript(path: str | Path, x: torch.Tensor) -> np.ndarray:
+    """Probabilities from a TorchScript export, loaded as a user without this package would."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.jit.load(str(path)).eval()(x).detach().numpy()
 
 
 def run_onnx(path: str | Path, x: torch.Tensor) -> np.ndarray:
+    """Probabilities from an ONNX export, run by ONNX Runtime on CPU."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -68,7 +68,7 @@ def volume_probabilities(model: nn.Module, images: list[np.ndarray], cfg: Config
 def volume_masks(probs: list[np.ndarray], cfg: Config) -> list[np.ndarray]:
     """Final masks for one volume: :func:`helpers.inference.clean_volume` when its slices share one size, else
     the per-slice part of it (threshold and small 2-D blobs)."""
-    if probs and len({p.shape for p in probs}) == 1:
+    if probs and _same_shapes(probs):
         return list(clean_volume(np.stack(probs), cfg))
     return [binarize(p, cfg.threshold, cfg.min_component) for p in probs]
 
