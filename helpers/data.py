@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 SLICE_RE = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
 PATIENT_RE = re.compile(r"^TCGA_[A-Z0-9]{2}_[A-Z0-9]{4}")
+FLAIR = 1  # channel order in the dataset: pre-contrast, FLAIR, post-contrast
 EXPECTED_LAYOUT = ("patient folders like TCGA_CS_4941_19960909/ holding TCGA_..._<n>.tif and "
                    "TCGA_..._<n>_mask.tif")
 COLUMNS = ["patient", "institution", "slice", "image_path", "mask_path", "has_tumour", "tumour_pixels"]

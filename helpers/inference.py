@@ -59,7 +59,7 @@ def make_eval_loader(table: pd.DataFrame, cfg: Config, scales: dict[str, np.ndar
                       num_workers=cfg.workers, pin_memory=cfg.torch_device().type == "cuda")
 
 
-def _logits(model: nn.Module, images: torch.Tensor, cfg: Config, size: tuple[int, int]) -> torch.Tensor:
+def model_logits(model: nn.Module, images: torch.Tensor, cfg: Config, size: tuple[int, int]) -> torch.Tensor:
     """Logits at ``size``; with ``cfg.tta`` the mean with the prediction for the mirrored slice."""
     images = to_layout(images, cfg)
     with autocast(cfg):
@@ -114,7 +114,7 @@ def patient_volumes(model: nn.Module, loader: DataLoader, cfg: Config, loss_fn: 
     probs, masks, loss = [], [], 0.0
     for k, (images, truth) in enumerate(loader):
         images, truth = images.to(device, non_blocking=True), truth.to(device, non_blocking=True)
-        logits = _logits(model, images, cfg, truth.shape[-2:])
+        logits = model_logits(model, images, cfg, truth.shape[-2:])
         if loss_fn is not None:
             loss += loss_fn(logits, truth).item() * len(images)
         probs.append(torch.sigmoid(logits)[:, 0])

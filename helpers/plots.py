@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .data import read_image, read_mask
+from .data import FLAIR, read_image, read_mask
 
-FLAIR = 1  # channel order in the dataset: pre-contrast, FLAIR, post-contrast
 
 
 def summary(table: pd.DataFrame) -> pd.Series:

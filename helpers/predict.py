@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .data import DataError, rescale, volume_level
-from .inference import _logits, binarize, clean_volume
+from .inference import binarize, clean_volume, model_logits
 from .metrics import dice
 from .precision import place_model
 from .scans import find_scans, read_mask_any, read_slice, to_uint8
@@ -57,7 +57,7 @@ def volume_probabilities(model: nn.Module, images: list[np.ndarray], cfg: Config
     for start in range(0, len(images), cfg.batch_size):
         batch = images[start:start + cfg.batch_size]
         x = torch.from_numpy(np.stack([transform(image=im)["image"] for im in batch]).transpose(0, 3, 1, 2))
-        logits = _logits(model, x.float().to(device), cfg, (cfg.image_size, cfg.image_size))
+        logits = model_logits(model, x.float().to(device), cfg, (cfg.image_size, cfg.image_size))
         for im, lg in zip(batch, logits):
             if lg.shape[-2:] != im.shape[:2]:
                 lg = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0]

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .data import DataError, find_kaggle_3m
+from .data import DataError, find_kaggle_3m, read_mask
 
 SUFFIXES = (".tif", ".tiff", ".png")
 OWN_OUTPUTS = re.compile(r"_(mask|pred|overlay|volume)$", re.IGNORECASE)
@@ -132,5 +132,7 @@ def to_uint8(images: list[np.ndarray]) -> list[np.ndarray]:
 
 def read_mask_any(path: str | Path) -> np.ndarray | None:
     """A ground-truth mask as (H, W) bool, or None when it cannot be read (outlines are then left out)."""
-    raw = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    return None if raw is None else raw > 127
+    try:
+        return read_mask(path) > 0
+    except DataError:
+        return None

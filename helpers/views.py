@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-FLAIR = 1
+from .data import FLAIR
+
 PRED_RGB = (255, 40, 40)  # red: predicted tumour
 TRUE_RGB = (60, 220, 60)  # green: ground truth, where a mask exists
 
