@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="brightness/contrast augmentation strength")
     train.add_argument("--channel-gain", type=float, default=Config.channel_gain,
                        help="per-channel gain augmentation: factors in [1-g, 1+g]")
+    train.add_argument("--channel-gamma", type=float, default=Config.channel_gamma,
+                       help="per-channel gamma augmentation: gammas in [1/(1+g), 1+g]")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint on every labelled patient under a folder")

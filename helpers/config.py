@@ -75,6 +75,7 @@ class Config:
     augment: str = "light"  # "light": flips, small affine moves; "strong": wider affine, gamma, noise, blur; "off"
     intensity_jitter: float = 0.1  # brightness/contrast change of up to this share, in training
     channel_gain: float = 0.0  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
+    channel_gamma: float = 0.0  # each channel's gamma drawn from [1 / (1 + g), 1 + g], in training: contrast differs
     intensity: str = "volume"  # per patient: by its 99th-percentile level; "brain": by its brain median; "dataset"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -109,6 +110,8 @@ class Config:
         for name in ("intensity_jitter", "channel_gain"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.channel_gamma < 0:
+            raise ValueError(f"channel_gamma must be 0 (off) or positive, got {self.channel_gamma}")
         if not 0.0 <= self.select_after <= 1.0:
             raise ValueError(f"select_after must be between 0 and 1, got {self.select_after}")
         if not 0.0 <= self.min_volume_share <= 1.0:

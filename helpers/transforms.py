@@ -10,6 +10,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks 
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from .config import Config  # noqa: E402
 
@@ -18,6 +19,30 @@ def _normalize(cfg: Config) -> A.Normalize:
     if cfg.mean is None or cfg.std is None:
         raise ValueError("cfg.mean/cfg.std are not set: measure them with helpers.data.channel_stats first")
     return A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0)
+
+
+class ChannelGamma(A.ImageOnlyTransform):
+    """A gamma drawn per channel from [1 / (1 + limit), 1 + limit] (log-uniform), on uint8 images.
+
+    It changes each sequence's contrast on its own: in the sample, tumour over brain in FLAIR ranges from 1.0
+    (TCGA_DU_7306) to 2.1 (TCGA_HT_8113) after per-volume rescaling, and in the other two sequences from 0.5 to
+    1.2. albumentations' RandomGamma draws one gamma for all channels."""
+
+    def __init__(self, limit: float = 0.5, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        if not limit > 0:
+            raise ValueError(f"ChannelGamma limit must be positive, got {limit}")
+        self.limit = limit
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        bound = np.log1p(self.limit)
+        channels = data["image"].shape[-1] if data["image"].ndim == 3 else 1
+        return {"gammas": np.exp(self.random_generator.uniform(-bound, bound, size=channels))}
+
+    def apply(self, img: np.ndarray, gammas: np.ndarray, **params) -> np.ndarray:
+        levels = np.arange(256, dtype=np.float64)[:, None] / 255.0
+        table = np.round(255.0 * levels ** gammas[None, :]).astype(np.uint8)  # (256, channels)
+        return cv2.LUT(img, table.reshape(256, 1, -1)) if img.ndim == 3 else cv2.LUT(img, table[:, 0])
 
 
 def eval_transform(cfg: Config) -> A.Compose:
@@ -30,7 +55,7 @@ def train_transform(cfg: Config) -> A.Compose:
 
     * "light": flips, small affine moves (±15°, ±10% zoom, ±5% shift), brightness/contrast jitter
       (``cfg.intensity_jitter``) and, with ``cfg.channel_gain``, a random gain per channel (scanners weight the
-      three sequences differently);
+      three sequences differently) and, with ``cfg.channel_gamma``, a random gamma per channel (their contrast);
     * "strong": as "light" with wider affine moves (±25°, 0.8-1.25 zoom, ±8% shift, more often), plus gamma,
       Gaussian noise and blur, after nnU-Net's 2-D recipe: with ten-odd training patients the model otherwise
       learns their scanners rather than the tumour;
@@ -46,6 +71,8 @@ def train_transform(cfg: Config) -> A.Compose:
     if cfg.channel_gain > 0:
         intensity.append(A.MultiplicativeNoise(multiplier=(1 - cfg.channel_gain, 1 + cfg.channel_gain),
                                                per_channel=True, elementwise=False, p=0.5))
+    if cfg.channel_gamma > 0:
+        intensity.append(ChannelGamma(cfg.channel_gamma, p=0.5))
     if strong:
         intensity += [A.RandomGamma(gamma_limit=(70, 150), p=0.3),
                       A.GaussNoise(std_range=(0.0, 0.04), p=0.15),

@@ -57,6 +57,27 @@ def test_channel_gain_scales_each_channel_on_its_own():
     assert (np.abs(ratios - 1) < 1e-3).all(axis=1).any()  # and some slices none (p=0.5)
 
 
+def test_channel_gamma_changes_each_channels_contrast_on_its_own():
+    cfg = Config(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3, intensity_jitter=0.0, channel_gamma=0.5)
+    transform = train_transform(cfg)
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[:, :128], image[:, 128:] = 64, 160  # "brain" and "tumour" halves
+    contrasts = []
+    for seed in range(40):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=np.zeros((256, 256), np.uint8))["image"]
+        contrasts.append(out[12:20, 20:28].reshape(-1, 3).mean(0) / out[12:20, 4:12].reshape(-1, 3).mean(0))
+    contrasts = np.array(contrasts)
+    mirrored = contrasts[:, 0] < 1  # a horizontal flip swaps the halves
+    contrasts[mirrored] = 1 / contrasts[mirrored]
+    # gamma g maps 160/64 = 2.5 to 2.5 ** g with g in [1/1.5, 1.5]
+    assert contrasts.min() > 2.5 ** (1 / 1.5) - 0.05 and contrasts.max() < 2.5 ** 1.5 + 0.1
+    assert (np.abs(contrasts[:, 0] - contrasts[:, 1]) > 0.1).any()  # channels get different gammas
+    assert (np.abs(contrasts - 2.5) < 0.05).all(axis=1).any()  # and some slices none (p=0.5)
+    with pytest.raises(ValueError, match="channel_gamma"):
+        Config(channel_gamma=-0.1)
+
+
 def test_augmentation_policies():
     assert Config(augment=True).augment == "light" and Config(augment=False).augment == "off"  # old configs
     with pytest.raises(ValueError, match="augment must be one of"):
