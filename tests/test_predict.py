@@ -25,7 +25,7 @@ from conftest import REPO
 def trained(tmp_path_factory, synthetic_dir):
     """A small model trained for a few epochs on the synthetic tree: it finds most of the synthetic tumours."""
     run = tmp_path_factory.mktemp("predict") / "run"
-    cfg = Config(run_dir=str(run), device="cpu", image_size=64, features=(8, 16, 32, 64), batch_size=8, epochs=8,
+    cfg = Config(run_dir=str(run), device="cpu", image_size=64, features=(8, 16, 32, 64), batch_size=8, epochs=12,
                  lr=3e-3, seed=3)
     train_run(cfg, load_dataset(synthetic_dir), progress=False)
     model, cfg, _ = load_checkpoint(run / "best.pt")
