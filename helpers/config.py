@@ -62,13 +62,14 @@ class Config:
     warmup: float = 0.05  # share of the run spent warming up, with schedule="cosine"
     loss: str = "bce_dice"  # BCE + soft Dice; also the seed's "bce" (BCEWithLogitsLoss) and "dice"
     dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
+    recall_weight: float = 0.5  # Dice term as a Tversky index: > 0.5 makes missed tumour cost more than false alarms
     tumour_share: float | None = None  # share of tumour slices drawn per epoch; None = as in the data (about 1/3)
     threshold: float = 0.5  # probability above which a pixel is tumour
     tune_threshold: bool = False  # after training, pick the threshold that maximises validation Dice
     tta: bool = False  # average the prediction with that of the horizontally flipped slice
     min_component: int = 0  # drop predicted 2-D blobs smaller than this many pixels (at 256x256)
     min_volume_share: float = 0.0  # keep 3-D regions with at least this share of the largest one's voxels
-    val_fraction: float = 0.2  # share of *patients* held out for validation
+    val_fraction: float = 0.2  # share of *patients* held out for validation; 0 = train on all, best.pt = last epoch
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
     patience: int | None = None  # stop after this many epochs without a better validation Dice
     select_after: float = 0.8  # cosine schedule: epochs before this share of the run are not candidates for best.pt
@@ -107,6 +108,10 @@ class Config:
             raise ValueError(f"tumour_share must be between 0 and 1, got {self.tumour_share}")
         if self.image_size is not None and self.image_size < 16:
             raise ValueError(f"image_size must be at least 16 (four 2x2 poolings), got {self.image_size}")
+        if not 0.0 < self.recall_weight < 1.0:
+            raise ValueError(f"recall_weight must be between 0 and 1 (0.5 = Dice), got {self.recall_weight}")
+        if not 0.0 <= self.dice_weight <= 1.0:
+            raise ValueError(f"dice_weight must be between 0 and 1, got {self.dice_weight}")
         for name in ("intensity_jitter", "channel_gain"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -119,8 +124,10 @@ class Config:
         if self.accumulate < 1 or (self.batch_size is not None and self.batch_size % self.accumulate):
             raise ValueError(f"accumulate must be a positive divisor of batch_size ({self.batch_size}), "
                              f"got {self.accumulate}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_fraction == 0 and (self.patience is not None or self.tune_threshold):
+            raise ValueError("patience and tune_threshold need validation patients; val_fraction is 0")
 
     def torch_device(self) -> torch.device:
         """The device this run uses: the first GPU when one is visible and ``device`` is "auto"."""

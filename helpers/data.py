@@ -165,7 +165,10 @@ def load_dataset(data_dir: str | Path) -> pd.DataFrame:
 
 
 def split_patients(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out whole patients for validation, so no patient's slices are on both sides."""
+    """Hold out whole patients for validation, so no patient's slices are on both sides; with ``val_fraction`` 0
+    every patient trains and the validation table is empty."""
+    if val_fraction == 0:
+        return table.reset_index(drop=True), table.iloc[:0].reset_index(drop=True)
     n_patients = table["patient"].nunique()
     if n_patients < 2:
         raise DataError(f"need at least 2 patients to hold one out for validation, found {n_patients}")

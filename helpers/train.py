@@ -250,6 +250,7 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         raise ValueError(f"patients on both sides of the split: {sorted(shared)[:5]}")
     procs, cfg = distributed.setup(cfg)
     progress = progress and procs.main
+    validating = len(val_table) > 0
     say = print if procs.main else (lambda *args, **kwargs: None)
     set_seed(cfg.seed)
     # Slices are decoded once (into RAM unless cfg.cache is off) and each patient's intensity level is measured
@@ -267,7 +268,7 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         split.groupby("patient", sort=False)["split"].first().reset_index().to_csv(run_dir / "split.csv", index=False)
 
     train_loader = make_train_loader(cfg, train_table, scales, cache, procs)
-    val_loader = make_eval_loader(val_table, cfg, scales, cache) if procs.main else None
+    val_loader = make_eval_loader(val_table, cfg, scales, cache) if procs.main and validating else None
     # Per-epoch model selection scores plain predictions; TTA and blob removal are for the final choices.
     select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0)
     model = parallelize(build_model(cfg), cfg, procs)
@@ -277,7 +278,8 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     scaler = grad_scaler(cfg)
     say(f"training on {device}{f' x {procs.world} processes' if procs.distributed else ''}: "
         f"{train_table['patient'].nunique()} patients / {len(train_table)} slices, "
-        f"validating on {val_table['patient'].nunique()} patients / {len(val_table)} slices, "
+        + (f"validating on {val_table['patient'].nunique()} patients / {len(val_table)} slices, " if validating
+           else "no validation patients (best.pt will be the last epoch), ") +
         f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs, precision {amp_dtype(cfg) or 'fp32'}"
         + (f", {cache.nbytes / 2**20:.0f} MiB of slices cached" if cache is not None else ""))
 
@@ -318,14 +320,17 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
             on_epoch(epoch, unwrap(model))
         decision = None
         if procs.main:
-            # Validation runs on the main process alone, on the unwrapped model (no collective calls inside).
-            val_loss, dice = evaluate(unwrap(model), val_loader, val_table["patient"].tolist(), select_cfg, loss_fn)
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                   "val_dice": float(dice.mean()), "val_dice_median": float(dice.median()),
-                   "seconds": time.perf_counter() - start}
+            val_loss = val_dice = val_median = float("nan")
+            if validating:
+                # Validation runs on the main process alone, on the unwrapped model (no collective calls inside).
+                val_loss, dice = evaluate(unwrap(model), val_loader, val_table["patient"].tolist(), select_cfg,
+                                          loss_fn)
+                val_dice, val_median = float(dice.mean()), float(dice.median())
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice,
+                   "val_dice_median": val_median, "seconds": time.perf_counter() - start}
             # With a decaying schedule, early high-learning-rate epochs are not candidates: their validation Dice on
             # a few patients is noisy, and picking its maximum there loses to the annealed model (README, "Accuracy").
-            eligible = cfg.schedule == "constant" or schedule.progress() >= cfg.select_after
+            eligible = validating and (cfg.schedule == "constant" or schedule.progress() >= cfg.select_after)
             decision = {"row": row, "better": eligible and row["val_dice"] > best_dice,
                         "late": time.monotonic() > deadline}
         decision = distributed.from_main(decision, procs)
@@ -338,8 +343,9 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
                 save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch, val_dice=best_dice)
             save_last(epoch, bool(stop) or epoch == cfg.epochs)
             pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
-        say(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {rows[-1]['val_loss']:.4f}  "
-            f"val Dice {rows[-1]['val_dice']:.3f}  ({rows[-1]['seconds']:.0f}s)")
+        say(f"epoch {epoch:3d}  loss {train_loss:.4f}  "
+            + (f"val loss {rows[-1]['val_loss']:.4f}  val Dice {rows[-1]['val_dice']:.3f}  " if validating else "")
+            + f"({rows[-1]['seconds']:.0f}s)")
         if decision["late"]:
             say(f"time budget of {cfg.time_budget:.0f}s reached after epoch {epoch}; keeping the best epoch")
             break

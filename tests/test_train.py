@@ -110,3 +110,18 @@ def test_cli_bad_data_dir_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"error: {tmp_path}: data_dir has no kaggle_3m slices" in proc.stderr
+
+
+def test_val_fraction_zero_trains_on_every_patient_and_keeps_the_last_epoch(tmp_path, synthetic_dir):
+    table = load_dataset(synthetic_dir)
+    cfg = Config(run_dir=str(tmp_path / "all"), val_fraction=0.0, image_size=32, features=(4, 8, 16, 32),
+                 device="cpu", epochs=3)
+    result = train_run(cfg, table, progress=False)
+    split = pd.read_csv(tmp_path / "all" / "split.csv")
+    assert set(split["split"]) == {"train"} and len(split) == table["patient"].nunique()
+    assert result.val_table.empty and result.best_epoch == 3
+    assert result.history["val_dice"].isna().all()
+    _, _, info = load_checkpoint(tmp_path / "all" / "best.pt")
+    assert info["epoch"] == 3
+    with pytest.raises(ValueError, match="need validation patients"):
+        Config(val_fraction=0.0, patience=3)
