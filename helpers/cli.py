@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="micro-batches per batch, gradients added up (less memory)")
     train.add_argument("--lr", type=float)
     train.add_argument("--loss", choices=LOSSES, default=Config.loss)
+    train.add_argument("--dice-weight", type=float, default=Config.dice_weight,
+                       help="weight of the Dice term in bce_dice (the rest is BCE)")
+    train.add_argument("--recall-weight", type=float, default=Config.recall_weight,
+                       help="Dice term as a Tversky index: over 0.5, missed tumour costs more than false alarms")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer)
     train.add_argument("--weight-decay", type=float, default=Config.weight_decay)
     train.add_argument("--schedule", choices=SCHEDULES, default=Config.schedule)

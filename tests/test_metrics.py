@@ -35,6 +35,21 @@ def test_losses_prefer_the_right_answer(name):
     assert loss(good, target) < 0.1 < loss(bad, target)
 
 
+def test_recall_weight_is_a_tversky_index_that_punishes_misses():
+    target = torch.zeros(1, 1, 10, 10)
+    target[..., :4, :] = 1  # 40 tumour pixels
+    under, over = target.clone(), target.clone()
+    under[..., 3, :] = 0  # 10 tumour pixels missed
+    over[..., 4, :] = 1  # 10 false alarms
+    logits = lambda mask: (mask * 2 - 1) * 30  # probabilities of (almost exactly) 0 and 1
+    dice, tversky = build_loss(Config(loss="dice")), build_loss(Config(loss="dice", recall_weight=0.7))
+    assert dice(logits(under), target) == pytest.approx(1 - (2 * 30 + 1) / (30 + 40 + 1), abs=1e-5)  # soft Dice
+    ratio = lambda loss: loss(logits(under), target) / loss(logits(over), target)  # miss against false alarm
+    assert ratio(dice) < 1.5 < ratio(tversky)
+    with pytest.raises(ValueError, match="recall_weight"):
+        Config(recall_weight=1.0)
+
+
 def test_unknown_loss_is_rejected():
     with pytest.raises(ValueError, match="loss must be one of"):
         Config(loss="focal")
