@@ -62,20 +62,20 @@ class Config:
     warmup: float = 0.05  # share of the run spent warming up, with schedule="cosine"
     loss: str = "bce_dice"  # BCE + soft Dice; also the seed's "bce" (BCEWithLogitsLoss) and "dice"
     dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
-    recall_weight: float = 0.5  # Dice term as a Tversky index: > 0.5 makes missed tumour cost more than false alarms
+    recall_weight: float = 0.7  # Dice term as a Tversky index: > 0.5 makes missed tumour cost more than false alarms
     tumour_share: float | None = None  # share of tumour slices drawn per epoch; None = as in the data (about 1/3)
     threshold: float = 0.5  # probability above which a pixel is tumour
     tune_threshold: bool = False  # after training, pick the threshold that maximises validation Dice
-    tta: bool = False  # average the prediction with that of the horizontally flipped slice
+    tta: bool = False  # average the prediction with that of the horizontally flipped slice (twice the inference)
     min_component: int = 0  # drop predicted 2-D blobs smaller than this many pixels (at 256x256)
-    min_volume_share: float = 0.0  # keep 3-D regions with at least this share of the largest one's voxels
+    min_volume_share: float = 0.1  # keep 3-D regions with at least this share of the largest one's voxels
     val_fraction: float = 0.2  # share of *patients* held out for validation; 0 = train on all, best.pt = last epoch
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
     patience: int | None = None  # stop after this many epochs without a better validation Dice
     select_after: float = 0.8  # cosine schedule: epochs before this share of the run are not candidates for best.pt
-    augment: str = "light"  # "light": flips, small affine moves; "strong": wider affine, gamma, noise, blur; "off"
+    augment: str = "strong"  # "light": flips, small affine moves; "strong": wider affine, gamma, noise, blur; "off"
     intensity_jitter: float = 0.1  # brightness/contrast change of up to this share, in training
-    channel_gain: float = 0.0  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
+    channel_gain: float = 0.2  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
     channel_gamma: float = 0.0  # each channel's gamma drawn from [1 / (1 + g), 1 + g], in training: contrast differs
     intensity: str = "volume"  # per patient: by its 99th-percentile level; "brain": by its brain median; "dataset"
     mean: tuple[float, ...] | None = None
@@ -156,6 +156,7 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
         known = {f.name for f in dataclasses.fields(cls)}
+        values = {"recall_weight": 0.5, **values}  # runs saved before the knob existed trained with the plain Dice
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def save(self, path: str | Path) -> None:

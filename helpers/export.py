@@ -118,7 +118,7 @@ def export(model: nn.Module, cfg: Config, out_dir: str | Path, formats: tuple[st
         results[name] = {"path": str(path), "max_abs_diff": float(np.abs(run(path, x) - reference).max())}
     preprocessing = {
         "input": f"float32 (N, 3, {SLICE_SIZE}, {SLICE_SIZE}), RGB = pre-contrast, FLAIR, post-contrast, 0..255",
-        "intensity": cfg.intensity, "brain_level": BRAIN_LEVEL, "threshold": cfg.threshold,
+        "intensity": cfg.intensity, "brain_level": BRAIN_LEVEL, "threshold": cfg.threshold, "tta": cfg.tta,
         "min_component": cfg.min_component, "min_volume_share": cfg.min_volume_share,
         "model_image_size": cfg.image_size, "features": list(cfg.features), "mean": list(cfg.mean),
         "std": list(cfg.std), "checks": results}

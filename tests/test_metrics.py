@@ -42,12 +42,17 @@ def test_recall_weight_is_a_tversky_index_that_punishes_misses():
     under[..., 3, :] = 0  # 10 tumour pixels missed
     over[..., 4, :] = 1  # 10 false alarms
     logits = lambda mask: (mask * 2 - 1) * 30  # probabilities of (almost exactly) 0 and 1
-    dice, tversky = build_loss(Config(loss="dice")), build_loss(Config(loss="dice", recall_weight=0.7))
+    dice = build_loss(Config(loss="dice", recall_weight=0.5))
+    tversky = build_loss(Config(loss="dice", recall_weight=0.7))
     assert dice(logits(under), target) == pytest.approx(1 - (2 * 30 + 1) / (30 + 40 + 1), abs=1e-5)  # soft Dice
     ratio = lambda loss: loss(logits(under), target) / loss(logits(over), target)  # miss against false alarm
     assert ratio(dice) < 1.5 < ratio(tversky)
     with pytest.raises(ValueError, match="recall_weight"):
         Config(recall_weight=1.0)
+    # A run saved before the knob existed trained with the plain Dice, and resumes with it.
+    saved = Config().to_dict()
+    del saved["recall_weight"]
+    assert Config.from_dict(saved).recall_weight == 0.5 and Config().recall_weight == 0.7
 
 
 def test_unknown_loss_is_rejected():

@@ -42,7 +42,8 @@ def test_eval_transform_normalises_per_channel():
 
 
 def test_channel_gain_scales_each_channel_on_its_own():
-    cfg = Config(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3, intensity_jitter=0.0, channel_gain=0.3)
+    cfg = Config(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3, augment="light", intensity_jitter=0.0,
+                 channel_gain=0.3)
     transform = train_transform(cfg)
     image = np.full((256, 256, 3), 100, np.uint8)
     ratios = []
@@ -58,7 +59,8 @@ def test_channel_gain_scales_each_channel_on_its_own():
 
 
 def test_channel_gamma_changes_each_channels_contrast_on_its_own():
-    cfg = Config(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3, intensity_jitter=0.0, channel_gamma=0.5)
+    cfg = Config(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3, augment="light", intensity_jitter=0.0,
+                 channel_gain=0.0, channel_gamma=0.5)
     transform = train_transform(cfg)
     image = np.zeros((256, 256, 3), np.uint8)
     image[:, :128], image[:, 128:] = 64, 160  # "brain" and "tumour" halves
