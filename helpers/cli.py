@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of the Dice term in bce_dice (the rest is BCE)")
     train.add_argument("--recall-weight", type=float, default=Config.recall_weight,
                        help="Dice term as a Tversky index: over 0.5, missed tumour costs more than false alarms")
+    train.add_argument("--ema", type=float, default=Config.ema,
+                       help="validate and save a moving average of the weights with this decay per step (e.g. 0.99)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer)
     train.add_argument("--weight-decay", type=float, default=Config.weight_decay)
     train.add_argument("--schedule", choices=SCHEDULES, default=Config.schedule)

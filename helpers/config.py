@@ -63,6 +63,7 @@ class Config:
     loss: str = "bce_dice"  # BCE + soft Dice; also the seed's "bce" (BCEWithLogitsLoss) and "dice"
     dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
     recall_weight: float = 0.7  # Dice term as a Tversky index: > 0.5 makes missed tumour cost more than false alarms
+    ema: float = 0.0  # per-step decay of a moving average of the weights and BatchNorm statistics; 0 = off
     tumour_share: float | None = None  # share of tumour slices drawn per epoch; None = as in the data (about 1/3)
     threshold: float = 0.5  # probability above which a pixel is tumour
     tune_threshold: bool = False  # after training, pick the threshold that maximises validation Dice
@@ -110,6 +111,8 @@ class Config:
             raise ValueError(f"image_size must be at least 16 (four 2x2 poolings), got {self.image_size}")
         if not 0.0 < self.recall_weight < 1.0:
             raise ValueError(f"recall_weight must be between 0 and 1 (0.5 = Dice), got {self.recall_weight}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0 = off; e.g. 0.99), got {self.ema}")
         if not 0.0 <= self.dice_weight <= 1.0:
             raise ValueError(f"dice_weight must be between 0 and 1, got {self.dice_weight}")
         for name in ("intensity_jitter", "channel_gain"):

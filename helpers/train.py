@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -199,12 +200,23 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss
     return total
 
 
+def make_average(cfg: Config, model: nn.Module) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights and BatchNorm statistics that ``cfg.ema`` asks for
+    (None when it is 0). BatchNorm's own running statistics follow the last ten or so batches of augmented
+    slices; the average follows the last ``1 / (1 - ema)`` steps, so the validated model moves less from epoch
+    to epoch."""
+    if not cfg.ema:
+        return None
+    return AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     cfg: Config, progress: bool = True, desc: str = "train", deadline: float = float("inf"),
                     schedule: LearningRate | None = None, scaler: torch.amp.GradScaler | None = None,
-                    procs: distributed.Processes | None = None) -> float:
+                    procs: distributed.Processes | None = None, average: AveragedModel | None = None) -> float:
     """One pass over ``loader`` (cut short once ``time.monotonic()`` passes ``deadline``); mean loss per image,
-    over all processes under DDP (where every process also agrees on when to stop and on the learning rate)."""
+    over all processes under DDP (where every process also agrees on when to stop and on the learning rate).
+    ``average`` (from :func:`make_average`) is updated after every step."""
     device = cfg.torch_device()
     procs = procs or distributed.Processes()
     scaler = scaler if scaler is not None else grad_scaler(cfg)
@@ -225,6 +237,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
             total += train_step(model, images, masks, loss_fn, optimizer, scaler, cfg) * len(images)
         except FloatingPointError as error:
             raise TrainingError(f"{desc}, step {step}: {error}; the weights were not updated with it") from None
+        if average is not None:
+            average.update_parameters(unwrap(model))
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
     distributed.average_buffers(model, procs)
@@ -244,6 +258,9 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     ``last.pt`` is written after every epoch with everything needed to go on: optimizer, loss scaler, schedule
     clock, history, best epoch and data order. ``resume`` (see :func:`resume_run`) continues from it; a run
     interrupted by Ctrl-C, a crash or a killed session loses at most the epoch in progress.
+
+    With ``cfg.ema`` the moving average of the weights (:func:`make_average`) is what is validated and saved
+    as ``best.pt`` and ``last.pt``; ``last.pt`` also holds the trained weights themselves, to resume from.
     """
     shared = set(train_table["patient"]) & set(val_table["patient"])
     if shared:
@@ -272,6 +289,11 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     # Per-epoch model selection scores plain predictions; TTA and blob removal are for the final choices.
     select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0)
     model = parallelize(build_model(cfg), cfg, procs)
+    average = make_average(cfg, model)
+
+    def validated() -> nn.Module:  # the model that is scored and saved: the moving average, when there is one
+        return average.module if average is not None else unwrap(model)
+
     loss_fn = build_loss(cfg)
     optimizer = make_optimizer(cfg, model)
     schedule = LearningRate(cfg, cfg.epochs * len(train_loader))
@@ -285,7 +307,10 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
 
     rows, best_dice, best_epoch, finished = [], -1.0, 0, False
     if resume is not None:
-        unwrap(model).load_state_dict(resume["model"])
+        unwrap(model).load_state_dict(resume.get("trained", resume["model"]))
+        if average is not None:
+            average.module.load_state_dict(resume["model"])
+            average.n_averaged.fill_(resume.get("n_averaged", 1))  # continue the average, do not restart it
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
         schedule.step_count = resume["steps"]
@@ -301,14 +326,16 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "steps": schedule.step_count,
                  "train_seconds": time.monotonic() - schedule.start, "sampler_epoch": train_loader.sampler.epoch,
                  "history": rows, "best_dice": best_dice, "best_epoch": best_epoch, "finished": done}
-        save_checkpoint(run_dir / "last.pt", model, cfg, epoch=epoch, val_dice=rows[-1]["val_dice"], resume=state)
+        if average is not None:
+            state.update(trained=unwrap(model).state_dict(), n_averaged=int(average.n_averaged))
+        save_checkpoint(run_dir / "last.pt", validated(), cfg, epoch=epoch, val_dice=rows[-1]["val_dice"], resume=state)
 
     for epoch in range(len(rows) + 1, 0 if finished else cfg.epochs + 1):
         start = time.perf_counter()
         try:
             train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, cfg, progress,
                                          desc=f"epoch {epoch}/{cfg.epochs}", deadline=deadline, schedule=schedule,
-                                         scaler=scaler, procs=procs)
+                                         scaler=scaler, procs=procs, average=average)
         except KeyboardInterrupt:
             say(f"\ninterrupted in epoch {epoch}; {run_dir}/last.pt holds epoch {epoch - 1}: go on with "
                 f"`python -m helpers train --resume {run_dir}` or helpers.train.resume_run({str(run_dir)!r})")
@@ -323,7 +350,7 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
             val_loss = val_dice = val_median = float("nan")
             if validating:
                 # Validation runs on the main process alone, on the unwrapped model (no collective calls inside).
-                val_loss, dice = evaluate(unwrap(model), val_loader, val_table["patient"].tolist(), select_cfg,
+                val_loss, dice = evaluate(validated(), val_loader, val_table["patient"].tolist(), select_cfg,
                                           loss_fn)
                 val_dice, val_median = float(dice.mean()), float(dice.median())
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice,
@@ -340,7 +367,7 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         stop = decision["late"] or (cfg.patience is not None and best_epoch and epoch - best_epoch >= cfg.patience)
         if procs.main:
             if decision["better"]:
-                save_checkpoint(run_dir / "best.pt", model, cfg, epoch=epoch, val_dice=best_dice)
+                save_checkpoint(run_dir / "best.pt", validated(), cfg, epoch=epoch, val_dice=best_dice)
             save_last(epoch, bool(stop) or epoch == cfg.epochs)
             pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
         say(f"epoch {epoch:3d}  loss {train_loss:.4f}  "
@@ -356,7 +383,7 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     if not best_epoch:  # stopped before any epoch was a candidate: the last one is the best there is
         best_dice, best_epoch = rows[-1]["val_dice"], rows[-1]["epoch"]
         if procs.main:
-            save_checkpoint(run_dir / "best.pt", model, cfg, epoch=best_epoch, val_dice=best_dice)
+            save_checkpoint(run_dir / "best.pt", validated(), cfg, epoch=best_epoch, val_dice=best_dice)
     distributed.barrier(procs)  # best.pt is on disk for every process
     best_model, _, _ = load_checkpoint(run_dir / "best.pt", device)
     if cfg.tune_threshold and procs.main:

@@ -1,16 +1,20 @@
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+import torch
 
-from helpers.checkpoint import load_checkpoint
+from helpers import train as training
+from helpers.checkpoint import build_model, load_checkpoint
 from helpers.config import Config
 from helpers.data import load_dataset
-from helpers.inference import score_patients
+from helpers.inference import evaluate, make_eval_loader, score_patients
+from helpers.losses import build_loss
 from helpers.synthetic import write_synthetic_dataset
-from helpers.train import train_run
+from helpers.train import make_average, train_run
 
 from conftest import REPO
 
@@ -125,3 +129,58 @@ def test_val_fraction_zero_trains_on_every_patient_and_keeps_the_last_epoch(tmp_
     assert info["epoch"] == 3
     with pytest.raises(ValueError, match="need validation patients"):
         Config(val_fraction=0.0, patience=3)
+
+
+def test_make_average_is_a_moving_average_of_weights_and_batchnorm_statistics():
+    assert make_average(Config(ema=0.0), build_model(Config(features=(4, 8, 16, 32)))) is None
+    cfg = Config(ema=0.9, features=(4, 8, 16, 32))
+    model = build_model(cfg)
+    average = make_average(cfg, model)
+    state = model.state_dict()
+    floats = [k for k, v in state.items() if v.is_floating_point()]
+    with torch.no_grad():
+        for value in 0.0, 1.0, 1.0:
+            for k in floats:
+                state[k].fill_(value)
+            average.update_parameters(model)
+    averaged = average.module.state_dict()
+    # The first update copies (0); then 0.9 * 0 + 0.1 * 1 = 0.1; then 0.9 * 0.1 + 0.1 * 1 = 0.19.
+    assert "downs.0.1.running_mean" in floats
+    for k in floats:
+        assert torch.allclose(averaged[k], torch.full_like(averaged[k], 0.19)), k
+    with pytest.raises(ValueError, match="ema must be in"):
+        Config(ema=1.0)
+
+
+def test_ema_run_validates_and_saves_the_average_and_resume_continues_it(tmp_path, synthetic_dir, monkeypatch):
+    table = load_dataset(synthetic_dir)
+    cfg = Config(run_dir=str(tmp_path / "ema"), data_dir=str(synthetic_dir), ema=0.9, image_size=32,
+                 features=(4, 8, 16, 32), batch_size=8, device="cpu", workers=0, epochs=3)
+    real = training.train_step
+    calls = {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 9:  # in epoch 2 (6 steps per epoch)
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(training, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, table, progress=False)
+    monkeypatch.setattr(training, "train_step", real)
+    result = training.resume_run(tmp_path / "ema", progress=False)
+    assert result.history["epoch"].tolist() == [1, 2, 3] and result.best_epoch == 3  # select_after: epoch 3 only
+
+    last = torch.load(tmp_path / "ema" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "ema" / "best.pt", weights_only=True)
+    # One average over every step of the run, interrupted or not; the trained weights are kept apart, to resume.
+    assert last["resume"]["n_averaged"] == last["resume"]["steps"] == 3 * (len(result.train_table) // 8)
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    assert any(not torch.equal(last["model"][k], last["resume"]["trained"][k]) for k in last["model"])
+    # The saved model is the one that was validated (its validation loss, not only its Dice, is the logged one).
+    model, saved, _ = load_checkpoint(tmp_path / "ema" / "best.pt")
+    plain = dataclasses.replace(saved, min_volume_share=0.0)
+    val = result.val_table
+    loss, _ = evaluate(model, make_eval_loader(val, plain), val["patient"].tolist(), plain, build_loss(plain))
+    assert loss == pytest.approx(result.history["val_loss"].iloc[-1], rel=1e-5)
