@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -200,6 +200,13 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss
     return total
 
 
+def ema_decay(decay: float, updates: int) -> float:
+    """The decay used for the moving average's update after ``updates`` earlier ones: ``decay``, but at most
+    (1 + n) / (10 + n), so that a short run's average is not dominated by the random initial weights (with 0.99
+    and a fixed decay, 38% of the average after 96 steps would still be the initialisation)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
 def make_average(cfg: Config, model: nn.Module) -> AveragedModel | None:
     """The exponential moving average of ``model``'s weights and BatchNorm statistics that ``cfg.ema`` asks for
     (None when it is 0). BatchNorm's own running statistics follow the last ten or so batches of augmented
@@ -207,7 +214,17 @@ def make_average(cfg: Config, model: nn.Module) -> AveragedModel | None:
     to epoch."""
     if not cfg.ema:
         return None
-    return AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        weight = 1.0 - ema_decay(cfg.ema, int(n_averaged))
+        for a, c in zip(averaged, current):
+            if a.is_floating_point():
+                a.lerp_(c, weight)
+            else:  # BatchNorm's batch counter
+                a.copy_(c)
+
+    return AveragedModel(unwrap(model), multi_avg_fn=update, use_buffers=True)
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,

@@ -14,7 +14,7 @@ from helpers.data import load_dataset
 from helpers.inference import evaluate, make_eval_loader, score_patients
 from helpers.losses import build_loss
 from helpers.synthetic import write_synthetic_dataset
-from helpers.train import make_average, train_run
+from helpers.train import ema_decay, make_average, train_run
 
 from conftest import REPO
 
@@ -144,10 +144,13 @@ def test_make_average_is_a_moving_average_of_weights_and_batchnorm_statistics():
                 state[k].fill_(value)
             average.update_parameters(model)
     averaged = average.module.state_dict()
-    # The first update copies (0); then 0.9 * 0 + 0.1 * 1 = 0.1; then 0.9 * 0.1 + 0.1 * 1 = 0.19.
+    # The first update copies (0); the next ones decay by min(0.9, (1 + n) / (10 + n)) after n updates:
+    # 2/11 * 0 + 9/11 * 1, then 3/12 * 9/11 + 9/12 * 1.
+    expected = 3 / 12 * 9 / 11 + 9 / 12
     assert "downs.0.1.running_mean" in floats
     for k in floats:
-        assert torch.allclose(averaged[k], torch.full_like(averaged[k], 0.19)), k
+        assert torch.allclose(averaged[k], torch.full_like(averaged[k], expected)), k
+    assert ema_decay(0.99, 0) == pytest.approx(0.1) and ema_decay(0.99, 10_000) == 0.99
     with pytest.raises(ValueError, match="ema must be in"):
         Config(ema=1.0)
 
