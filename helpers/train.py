@@ -345,7 +345,8 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
                  "history": rows, "best_dice": best_dice, "best_epoch": best_epoch, "finished": done}
         if average is not None:
             state.update(trained=unwrap(model).state_dict(), n_averaged=int(average.n_averaged))
-        save_checkpoint(run_dir / "last.pt", validated(), cfg, epoch=epoch, val_dice=rows[-1]["val_dice"], resume=state)
+        save_checkpoint(run_dir / "last.pt", validated(), cfg, epoch=epoch, val_dice=rows[-1]["val_dice"],
+                        resume=state)
 
     for epoch in range(len(rows) + 1, 0 if finished else cfg.epochs + 1):
         start = time.perf_counter()
@@ -366,7 +367,8 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         if procs.main:
             val_loss = val_dice = val_median = float("nan")
             if validating:
-                # Validation runs on the main process alone, on the unwrapped model (no collective calls inside).
+                # Validation runs on the main process alone, on the unwrapped model or its average (no collective
+                # calls inside).
                 val_loss, dice = evaluate(validated(), val_loader, val_table["patient"].tolist(), select_cfg,
                                           loss_fn)
                 val_dice, val_median = float(dice.mean()), float(dice.median())
