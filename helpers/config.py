@@ -63,7 +63,7 @@ class Config:
     loss: str = "bce_dice"  # BCE + soft Dice; also the seed's "bce" (BCEWithLogitsLoss) and "dice"
     dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
     recall_weight: float = 0.7  # Dice term as a Tversky index: > 0.5 makes missed tumour cost more than false alarms
-    ema: float = 0.0  # per-step decay of a moving average of the weights and BatchNorm statistics; 0 = off
+    ema: float = 0.99  # per-step decay of a moving average of the weights and BatchNorm statistics; 0 = off
     tumour_share: float | None = None  # share of tumour slices drawn per epoch; None = as in the data (about 1/3)
     threshold: float = 0.5  # probability above which a pixel is tumour
     tune_threshold: bool = False  # after training, pick the threshold that maximises validation Dice
@@ -159,7 +159,8 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {"recall_weight": 0.5, **values}  # runs saved before the knob existed trained with the plain Dice
+        # Runs saved before these knobs existed trained with the plain Dice and without a moving average.
+        values = {"recall_weight": 0.5, "ema": 0.0, **values}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def save(self, path: str | Path) -> None:

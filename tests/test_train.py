@@ -153,6 +153,9 @@ def test_make_average_is_a_moving_average_of_weights_and_batchnorm_statistics():
     assert ema_decay(0.99, 0) == pytest.approx(0.1) and ema_decay(0.99, 10_000) == 0.99
     with pytest.raises(ValueError, match="ema must be in"):
         Config(ema=1.0)
+    saved = Config().to_dict()
+    del saved["ema"]  # a run from before the knob: it trained without an average, and resumes so
+    assert Config.from_dict(saved).ema == 0.0 and Config().ema == 0.99
 
 
 def test_ema_run_validates_and_saves_the_average_and_resume_continues_it(tmp_path, synthetic_dir, monkeypatch):
