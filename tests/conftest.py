@@ -34,3 +34,19 @@ def real_sample_or_synthetic(tmp_path: Path) -> Path:
     if (REAL_SAMPLE / "data.csv").exists():
         return REAL_SAMPLE
     return write_synthetic_dataset(tmp_path, n_patients=15, n_slices=4, seed=2)
+
+
+def interrupt_training_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Make ``helpers.train.train_step`` raise KeyboardInterrupt at its ``call``-th call, as Ctrl-C would in the
+    middle of an epoch; ``monkeypatch.undo()`` gives the real step back."""
+    from helpers import train
+
+    real, calls = train.train_step, {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train, "train_step", interrupted)

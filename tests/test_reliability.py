@@ -16,6 +16,8 @@ from helpers.config import Config
 from helpers.data import load_dataset
 from helpers.model import UNet
 
+from conftest import interrupt_training_at
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=32, features=(4, 8, 16, 32), batch_size=8, device="cpu", workers=0)
 
@@ -82,20 +84,11 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_epoch(synthetic_
 
 
 def test_ctrl_c_then_resume_finishes_the_same_run(synthetic_dir, tmp_path, monkeypatch):
-    real = training.train_step
-    calls = {"n": 0}
-
-    def interrupted(*args):
-        calls["n"] += 1
-        if calls["n"] == 10:  # in epoch 2
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(training, "train_step", interrupted)
-    cfg = Config(run_dir=str(tmp_path / "run"), epochs=4, **TINY)
+    interrupt_training_at(monkeypatch, 10)  # in epoch 2
+    cfg = Config(run_dir=str(tmp_path / "run"), data_dir=str(synthetic_dir), epochs=4, **TINY)
     with pytest.raises(KeyboardInterrupt):
         training.train_run(cfg, load_dataset(synthetic_dir), progress=False)
-    monkeypatch.setattr(training, "train_step", real)
+    monkeypatch.undo()
     result = training.resume_run(tmp_path / "run", progress=False)
     assert result.history["epoch"].tolist() == [1, 2, 3, 4]
     assert pd.read_csv(tmp_path / "run" / "history.csv")["epoch"].tolist() == [1, 2, 3, 4]

@@ -16,7 +16,7 @@ from helpers.losses import build_loss
 from helpers.synthetic import write_synthetic_dataset
 from helpers.train import ema_decay, make_average, train_run
 
-from conftest import REPO
+from conftest import REPO, interrupt_training_at
 
 
 def test_learns_synthetic_tumours_and_generalises_to_unseen_patients(tmp_path):
@@ -162,19 +162,10 @@ def test_ema_run_validates_and_saves_the_average_and_resume_continues_it(tmp_pat
     table = load_dataset(synthetic_dir)
     cfg = Config(run_dir=str(tmp_path / "ema"), data_dir=str(synthetic_dir), ema=0.9, image_size=32,
                  features=(4, 8, 16, 32), batch_size=8, device="cpu", workers=0, epochs=3)
-    real = training.train_step
-    calls = {"n": 0}
-
-    def interrupted(*args):
-        calls["n"] += 1
-        if calls["n"] == 9:  # in epoch 2 (6 steps per epoch)
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(training, "train_step", interrupted)
+    interrupt_training_at(monkeypatch, 9)  # in epoch 2 (7 steps per epoch)
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, table, progress=False)
-    monkeypatch.setattr(training, "train_step", real)
+    monkeypatch.undo()
     result = training.resume_run(tmp_path / "ema", progress=False)
     assert result.history["epoch"].tolist() == [1, 2, 3] and result.best_epoch == 3  # select_after: epoch 3 only
 
