@@ -306,7 +306,7 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     # Per-epoch model selection scores plain predictions; TTA and blob removal are for the final choices.
     select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0)
     model = parallelize(build_model(cfg), cfg, procs)
-    average = make_average(cfg, model)
+    average = make_average(cfg, model) if procs.main else None  # only the main process validates and saves
 
     def validated() -> nn.Module:  # the model that is scored and saved: the moving average, when there is one
         return average.module if average is not None else unwrap(model)
