@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import AMPS, AUGMENTS, INTENSITIES, LOSSES, OPTIMIZERS, SCHEDULES, Config
+from .config import AMPS, AUGMENTS, INTENSITIES, LOSSES, NORMS, OPTIMIZERS, SCHEDULES, Config
 from .data import DataError
 from .train import TrainingError
 
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--image-size", type=int)
     train.add_argument("--features", type=_features, help="U-Net widths, e.g. 16,32,64,128")
+    train.add_argument("--norm", choices=NORMS, default=Config.norm,
+                       help="normalisation layers: batch (the seed's) or instance (per slice)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--accumulate", type=int, default=Config.accumulate,
                        help="micro-batches per batch, gradients added up (less memory)")

@@ -36,6 +36,7 @@ SCHEDULES = ("constant", "cosine")
 INTENSITIES = ("dataset", "volume", "brain")
 AMPS = ("auto", "off", "bf16", "fp16")
 AUGMENTS = ("off", "light", "strong")
+NORMS = ("batch", "instance")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Config:
     image_size: int | None = None
     in_channels: int = 3
     features: tuple[int, ...] | None = None
+    norm: str = "batch"  # the U-Net's normalisation layers: "batch" (the seed's) or "instance" (per slice)
     batch_size: int | None = None  # slices per optimizer step (over all processes under DDP)
     accumulate: int = 1  # split each batch into this many micro-batches, adding up their gradients (less memory)
     epochs: int | None = None
@@ -102,7 +104,7 @@ class Config:
                 setattr(self, name, tuple(float(v) for v in value))
         for name, allowed in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("intensity", INTENSITIES), ("amp", AMPS),
-                             ("augment", AUGMENTS)):
+                             ("augment", AUGMENTS), ("norm", NORMS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.tumour_share is not None and not 0.0 < self.tumour_share < 1.0:

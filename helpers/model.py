@@ -9,21 +9,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import NORMS
+
 SEED_FEATURES = (64, 128, 256, 512)
 # Share of tumour pixels the untrained model predicts (about 1% of pixels are tumour in the LGG data).
 FOREGROUND_PRIOR = 0.01
 
 
-class DoubleConv(nn.Sequential):
-    """(3x3 conv without bias, stride 1 -> BatchNorm -> ReLU) twice; the bias is redundant before BatchNorm."""
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """BatchNorm (the seed's), or InstanceNorm with a learned scale and shift: each slice's feature maps
+    normalised by their own statistics, so a scan brighter or of other contrast than the training scans is
+    normalised away at every layer rather than only at the input (nnU-Net's choice)."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv without bias, stride 1 -> norm -> ReLU) twice; the bias is redundant before the norm."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch") -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            norm_layer(norm, out_channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            norm_layer(norm, out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -32,7 +45,8 @@ class UNet(nn.Module):
     """Encoder of DoubleConv + 2x2 max-pool per level, a bottleneck of twice the last width, and a decoder of
     2x2 transposed convs whose output is concatenated with the skip connection. Returns logits, (N, 1, H, W).
 
-    With the seed widths (64, 128, 256, 512) and 3 input channels it has 31,037,633 parameters.
+    With the seed widths (64, 128, 256, 512) and 3 input channels it has 31,037,633 parameters (either
+    ``norm``: both learn a scale and shift per channel).
 
     The output bias starts at the logit of :data:`FOREGROUND_PRIOR` (as in RetinaNet) instead of 0: with BCE
     and ~1% tumour pixels, a zero start spends many epochs unlearning "half the image is tumour", and some seeds
@@ -40,19 +54,20 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1,
-                 features: Sequence[int] = SEED_FEATURES) -> None:
+                 features: Sequence[int] = SEED_FEATURES, norm: str = "batch") -> None:
         super().__init__()
         self.features = tuple(features)
+        self.norm = norm
         self.downs = nn.ModuleList()
         self.ups = nn.ModuleList()
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
         for width in self.features:
-            self.downs.append(DoubleConv(in_channels, width))
+            self.downs.append(DoubleConv(in_channels, width, norm))
             in_channels = width
-        self.bottleneck = DoubleConv(self.features[-1], self.features[-1] * 2)
+        self.bottleneck = DoubleConv(self.features[-1], self.features[-1] * 2, norm)
         for width in reversed(self.features):
             self.ups.append(nn.ConvTranspose2d(width * 2, width, kernel_size=2, stride=2))
-            self.ups.append(DoubleConv(width * 2, width))
+            self.ups.append(DoubleConv(width * 2, width, norm))
         self.final_conv = nn.Conv2d(self.features[0], out_channels, kernel_size=1)
         nn.init.constant_(self.final_conv.bias, math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
 
