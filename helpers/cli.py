@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--image-size", type=int)
     train.add_argument("--features", type=_features, help="U-Net widths, e.g. 16,32,64,128")
+    train.add_argument("--context", type=int, default=Config.context,
+                       help="neighbouring slices on each side as extra input channels (2.5-D); 0 = one slice")
     train.add_argument("--norm", choices=NORMS, default=Config.norm,
                        help="normalisation layers: batch (the seed's) or instance (per slice)")
     train.add_argument("--batch-size", type=int)

@@ -51,7 +51,8 @@ class Config:
     download_dir: str = "data"  # where a Kaggle download or the synthetic tiles are written
     run_dir: str = "runs/unet"  # config.json, history.csv, split.csv, last.pt, best.pt
     image_size: int | None = None
-    in_channels: int = 3
+    in_channels: int = 3  # MR sequences per slice
+    context: int = 0  # neighbouring slices on each side given to the model as extra channels (2.5-D); 0 = 2-D
     features: tuple[int, ...] | None = None
     norm: str = "batch"  # the U-Net's normalisation layers: "batch" (the seed's) or "instance" (per slice)
     batch_size: int | None = None  # slices per optimizer step (over all processes under DDP)
@@ -129,6 +130,8 @@ class Config:
         if self.accumulate < 1 or (self.batch_size is not None and self.batch_size % self.accumulate):
             raise ValueError(f"accumulate must be a positive divisor of batch_size ({self.batch_size}), "
                              f"got {self.accumulate}")
+        if self.context < 0:
+            raise ValueError(f"context must be 0 (one slice) or a positive number of slices, got {self.context}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_fraction == 0 and (self.patience is not None or self.tune_threshold):

@@ -266,9 +266,33 @@ def channel_stats(table: pd.DataFrame, max_slices: int = 400, seed: int = 0,
     return tuple(pixels.mean(0).round(5).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).round(5).tolist())
 
 
+def neighbour_rows(table: pd.DataFrame, context: int) -> np.ndarray:
+    """(N, 2 * context + 1) row positions: for each slice, the slices ``-context .. +context`` of its patient in
+    slice order (the slice itself in the middle column), repeating the first or last slice past a volume's end."""
+    rows = np.zeros((len(table), 2 * context + 1), np.int64)
+    for _, group in table.reset_index(drop=True).groupby("patient", sort=False):
+        order = group.index.to_numpy()[np.argsort(group["slice"].to_numpy(), kind="stable")]
+        for k, offset in enumerate(range(-context, context + 1)):
+            rows[order, k] = order[np.clip(np.arange(len(order)) + offset, 0, len(order) - 1)]
+    return rows
+
+
+def stack_neighbours(images: list[np.ndarray], context: int) -> list[np.ndarray]:
+    """One volume's slices (in slice order, each (H, W, C)) as (H, W, C * (2 * context + 1)) inputs: each slice
+    with its ``context`` neighbours on either side, as :func:`neighbour_rows` orders them."""
+    if context == 0:
+        return images
+    last = len(images) - 1
+    return [np.concatenate([images[min(max(i + d, 0), last)] for d in range(-context, context + 1)], axis=2)
+            for i in range(len(images))]
+
+
 class SliceDataset(Dataset):
     """(image, mask) pairs from a slice table: image (3, H, W) float, mask (1, H, W) float in {0, 1}.
 
+    With ``context`` > 0 the image is (3 * (2 * context + 1), H, W): the slice with its neighbours in the
+    volume (:func:`neighbour_rows`), so the 2-D model sees some of the third dimension (2.5-D); the mask is
+    the middle slice's.
     With ``scales`` (from :func:`volume_scales`) each slice is first rescaled by its volume's bright level.
     With ``native_masks`` the transform touches the image only and the mask keeps the slice's own resolution,
     so scores are computed at 256x256 whatever size the model runs at. With ``cache`` slices come from RAM.
@@ -276,8 +300,9 @@ class SliceDataset(Dataset):
 
     def __init__(self, table: pd.DataFrame, transform: Callable[..., dict] | None = None,
                  native_masks: bool = False, scales: dict[str, np.ndarray] | None = None,
-                 cache: SliceCache | None = None) -> None:
+                 cache: SliceCache | None = None, context: int = 0) -> None:
         self.images = table["image_path"].tolist()
+        self.neighbours = neighbour_rows(table, context) if context else None
         self.masks = table["mask_path"].tolist()
         self.scales = None if scales is None else [scales[p] for p in table["patient"]]
         self.transform = transform
@@ -287,13 +312,16 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def _image(self, i: int) -> np.ndarray:
+        image = self.cache.image(self.images[i]) if self.cache is not None else read_image(self.images[i])
+        return rescale(image, self.scales[i]) if self.scales is not None else image
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cache is not None:
-            image, mask = self.cache.image(self.images[i]), self.cache.mask(self.masks[i])
+        if self.neighbours is None:
+            image = self._image(i)
         else:
-            image, mask = read_image(self.images[i]), read_mask(self.masks[i])
-        if self.scales is not None:
-            image = rescale(image, self.scales[i])
+            image = np.concatenate([self._image(j) for j in self.neighbours[i]], axis=2)
+        mask = self.cache.mask(self.masks[i]) if self.cache is not None else read_mask(self.masks[i])
         if self.transform is not None and self.native_masks:
             image = self.transform(image=image)["image"]
         elif self.transform is not None:

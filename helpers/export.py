@@ -3,7 +3,9 @@
 The exported graph holds the resize to the model's input size, the per-channel normalisation, the model, the
 resize back and the sigmoid. Its input is a batch of slices (N, 3, 256, 256), float32 in 0..255 (RGB:
 pre-contrast, FLAIR, post-contrast), already scaled per volume when the checkpoint's ``intensity`` asks for it;
-its output is the tumour probability (N, 1, 256, 256). The threshold and the clean-up stay outside, written
+its output is the tumour probability (N, 1, 256, 256). A model trained with neighbouring slices
+(``context`` c > 0) takes (N, 3 * (2c + 1), 256, 256): slices -c .. +c of the volume, three channels each, the
+first or last slice repeated past the volume's ends. The threshold and the clean-up stay outside, written
 next to the export in ``preprocessing.json``.
 """
 from __future__ import annotations
@@ -35,8 +37,10 @@ class Deployable(nn.Module):
                              f"image size {cfg.image_size}")
         self.model = copy.deepcopy(unwrap(model)).float().cpu().eval()  # the caller's model stays as it is
         self.input_size, self.factor = input_size, input_size // cfg.image_size
-        self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.channels = input_channels(cfg)
+        slices = 2 * cfg.context + 1
+        self.register_buffer("mean", torch.tensor(cfg.mean * slices, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(cfg.std * slices, dtype=torch.float32).view(1, -1, 1, 1) * 255)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.factor > 1:  # cv2.INTER_AREA at an integer factor is this average
@@ -48,9 +52,14 @@ class Deployable(nn.Module):
         return torch.sigmoid(logits)
 
 
-def example_input(batch: int = 2, size: int = SLICE_SIZE, seed: int = 0) -> torch.Tensor:
+def input_channels(cfg: Config) -> int:
+    """Channels of the model's input: three MR sequences for each of the 2 * context + 1 slices."""
+    return cfg.in_channels * (2 * cfg.context + 1)
+
+
+def example_input(batch: int = 2, size: int = SLICE_SIZE, seed: int = 0, channels: int = 3) -> torch.Tensor:
     """A random batch in the exports' input range, for tracing and checking."""
-    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 255
+    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed)) * 255
 
 
 def export_torchscript(module: Deployable, path: str | Path) -> Path:
@@ -59,7 +68,7 @@ def export_torchscript(module: Deployable, path: str | Path) -> Path:
     path = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notice and shape checks frozen at 256x256, both expected
-        traced = torch.jit.trace(module.cpu().eval(), example_input())
+        traced = torch.jit.trace(module.cpu().eval(), example_input(channels=module.channels))
         traced.save(str(path))
     return path
 
@@ -69,13 +78,14 @@ def export_onnx(module: Deployable, path: str | Path) -> Path:
     path = Path(path)
     batch = torch.export.Dim("batch", min=1, max=4096)
     names = {"input_names": ["image"], "output_names": ["probability"]}
+    example = example_input(channels=module.channels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            program = torch.onnx.export(module.cpu().eval(), (example_input(),), dynamo=True, verbose=False,
+            program = torch.onnx.export(module.cpu().eval(), (example,), dynamo=True, verbose=False,
                                         dynamic_shapes={"x": {0: batch}}, **names)
         except TypeError:  # PyTorch before 2.5: the TorchScript-based exporter writes the file itself
-            torch.onnx.export(module.cpu().eval(), (example_input(),), str(path), opset_version=17,
+            torch.onnx.export(module.cpu().eval(), (example,), str(path), opset_version=17,
                               dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}}, **names)
             return path
     program.save(str(path), external_data=False)
@@ -104,7 +114,7 @@ def export(model: nn.Module, cfg: Config, out_dir: str | Path, formats: tuple[st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module = Deployable(model, cfg)
-    x = example_input(check_batch, seed=1)
+    x = example_input(check_batch, seed=1, channels=module.channels)
     with torch.no_grad():
         reference = module(x).numpy()
     runners = {"torchscript": (export_torchscript, run_torchscript, "model.torchscript.pt"),
@@ -116,10 +126,13 @@ def export(model: nn.Module, cfg: Config, out_dir: str | Path, formats: tuple[st
         write, run, filename = runners[name]
         path = write(module, out_dir / filename)
         results[name] = {"path": str(path), "max_abs_diff": float(np.abs(run(path, x) - reference).max())}
+    slices = (f", for slices -{cfg.context}..+{cfg.context} in turn (the first or last slice repeated past the "
+              "volume's ends)" if cfg.context else "")
     preprocessing = {
-        "input": f"float32 (N, 3, {SLICE_SIZE}, {SLICE_SIZE}), RGB = pre-contrast, FLAIR, post-contrast, 0..255",
-        "intensity": cfg.intensity, "brain_level": BRAIN_LEVEL, "threshold": cfg.threshold, "tta": cfg.tta,
-        "min_component": cfg.min_component, "min_volume_share": cfg.min_volume_share,
+        "input": f"float32 (N, {module.channels}, {SLICE_SIZE}, {SLICE_SIZE}), RGB = pre-contrast, FLAIR, "
+                 f"post-contrast, 0..255{slices}",
+        "context": cfg.context, "intensity": cfg.intensity, "brain_level": BRAIN_LEVEL, "threshold": cfg.threshold,
+        "tta": cfg.tta, "min_component": cfg.min_component, "min_volume_share": cfg.min_volume_share,
         "model_image_size": cfg.image_size, "features": list(cfg.features), "mean": list(cfg.mean),
         "std": list(cfg.std), "checks": results}
     (out_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2) + "\n")

@@ -54,7 +54,8 @@ def make_eval_loader(table: pd.DataFrame, cfg: Config, scales: dict[str, np.ndar
     resolution. With ``cfg.intensity == "volume"``, ``scales`` (from :func:`helpers.data.volume_scales`) are
     measured here unless given. ``cache`` serves slices from RAM."""
     scales = scales_for(cfg.intensity, table, scales, cache)
-    return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True, scales=scales, cache=cache),
+    return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True, scales=scales, cache=cache,
+                                   context=cfg.context),
                       batch_sampler=PatientBatches(table["patient"].tolist(), cfg.batch_size),
                       num_workers=cfg.workers, pin_memory=cfg.torch_device().type == "cuda")
 

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import Config
-from .data import DataError, rescale, volume_level
+from .data import DataError, rescale, stack_neighbours, volume_level
 from .inference import binarize, clean_volume, model_logits
 from .metrics import dice
 from .precision import place_model
@@ -50,6 +50,7 @@ def volume_probabilities(model: nn.Module, images: list[np.ndarray], cfg: Config
     if cfg.intensity != "dataset":
         level = volume_level(images, cfg.intensity)
         images = [rescale(im, level) for im in images]
+    images = stack_neighbours(images, cfg.context)
     transform = eval_transform(cfg)
     device = cfg.torch_device()
     place_model(model, cfg).eval()

@@ -163,7 +163,7 @@ def make_train_loader(cfg: Config, train_table: pd.DataFrame, scales: dict[str, 
     per_process = cfg.batch_size // procs.world
     sampler = EpochSampler(len(train_table), cfg.seed, weights, procs.rank, procs.world, per_process)
     scales = scales_for(cfg.intensity, train_table, scales, cache)
-    dataset = SliceDataset(train_table, train_transform(cfg), scales=scales, cache=cache)
+    dataset = SliceDataset(train_table, train_transform(cfg), scales=scales, cache=cache, context=cfg.context)
     return DataLoader(dataset, batch_size=per_process, sampler=sampler, worker_init_fn=_seed_worker_augmentation,
                       drop_last=len(train_table) > cfg.batch_size, num_workers=cfg.workers,
                       pin_memory=cfg.torch_device().type == "cuda", persistent_workers=cfg.workers > 0,

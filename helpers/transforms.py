@@ -18,7 +18,8 @@ from .config import Config  # noqa: E402
 def _normalize(cfg: Config) -> A.Normalize:
     if cfg.mean is None or cfg.std is None:
         raise ValueError("cfg.mean/cfg.std are not set: measure them with helpers.data.channel_stats first")
-    return A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0)
+    slices = 2 * cfg.context + 1  # with neighbouring slices as input, each sequence's statistics repeat per slice
+    return A.Normalize(mean=cfg.mean * slices, std=cfg.std * slices, max_pixel_value=255.0)
 
 
 class ChannelGamma(A.ImageOnlyTransform):
@@ -45,6 +46,22 @@ class ChannelGamma(A.ImageOnlyTransform):
         return cv2.LUT(img, table.reshape(256, 1, -1)) if img.ndim == 3 else cv2.LUT(img, table[:, 0])
 
 
+class SequenceGain(A.ImageOnlyTransform):
+    """A random gain per MR sequence, the same for every slice of a 2.5-D input (channels ordered slice by slice,
+    ``sequences`` per slice): drawn from [1 - limit, 1 + limit], on uint8 images."""
+
+    def __init__(self, limit: float = 0.2, sequences: int = 3, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.limit, self.sequences = limit, sequences
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        gains = self.random_generator.uniform(1 - self.limit, 1 + self.limit, size=self.sequences)
+        return {"gains": np.tile(gains, data["image"].shape[-1] // self.sequences)}
+
+    def apply(self, img: np.ndarray, gains: np.ndarray, **params) -> np.ndarray:
+        return np.clip(img * gains.astype(np.float32), 0, 255).astype(np.uint8)
+
+
 def eval_transform(cfg: Config) -> A.Compose:
     """Resize to the model's size and normalise per channel; what validation and inference see."""
     return A.Compose([A.Resize(cfg.image_size, cfg.image_size, interpolation=cv2.INTER_AREA), _normalize(cfg)])
@@ -68,7 +85,9 @@ def train_transform(cfg: Config) -> A.Compose:
     if cfg.intensity_jitter > 0:
         intensity.append(A.RandomBrightnessContrast(brightness_limit=cfg.intensity_jitter,
                                                     contrast_limit=cfg.intensity_jitter, p=0.5))
-    if cfg.channel_gain > 0:
+    if cfg.channel_gain > 0 and cfg.context:
+        intensity.append(SequenceGain(cfg.channel_gain, cfg.in_channels, p=0.5))
+    elif cfg.channel_gain > 0:
         intensity.append(A.MultiplicativeNoise(multiplier=(1 - cfg.channel_gain, 1 + cfg.channel_gain),
                                                per_channel=True, elementwise=False, p=0.5))
     if cfg.channel_gamma > 0:

@@ -43,3 +43,29 @@ def test_checkpoint_loads_with_or_without_dataparallel(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_instance_norm_judges_each_slice_on_its_own():
+    """With per-slice normalisation a slice's prediction does not depend on the other slices of its batch, and
+    a uniformly brighter copy of a slice gets the same logits (the first conv has no bias)."""
+    torch.manual_seed(0)
+    model = UNet(features=(4, 8, 16, 32), norm="instance").train()
+    assert [type(m) for m in model.downs[0]] == [nn.Conv2d, nn.InstanceNorm2d, nn.ReLU] * 2
+    assert count_parameters(model) == count_parameters(UNet(features=(4, 8, 16, 32)))
+    x = torch.rand(3, 3, 32, 32)
+    alone = model(x[:1])
+    assert torch.allclose(model(x)[:1], alone, atol=1e-5)
+    assert torch.allclose(model(x[:1] * 1.7), alone, atol=1e-4)
+    batch = UNet(features=(4, 8, 16, 32)).train()
+    assert not torch.allclose(batch(x)[:1], batch(x[:1]), atol=1e-3)
+
+
+def test_checkpoint_rebuilds_the_norm_it_was_trained_with(tmp_path):
+    cfg = Config(features=(4, 8, 16, 32), image_size=32, norm="instance")
+    save_checkpoint(tmp_path / "best.pt", UNet(features=cfg.features, norm="instance"), cfg)
+    loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "best.pt")
+    assert loaded_cfg.norm == "instance" and isinstance(loaded.downs[0][1], nn.InstanceNorm2d)
+    legacy = {k: v for k, v in Config(features=(4, 8, 16, 32)).to_dict().items() if k != "norm"}
+    assert Config.from_dict(legacy).norm == "batch"  # runs saved before the knob used BatchNorm
+    with pytest.raises(ValueError, match="norm must be one of"):
+        Config(norm="group")
