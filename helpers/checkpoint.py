@@ -32,8 +32,7 @@ def build_model(cfg: Config) -> UNet:
     """The U-Net that ``cfg`` describes (widths must be resolved)."""
     if cfg.features is None:
         raise ValueError("cfg.features is not set: call cfg.resolved() first")
-    channels = cfg.in_channels * (2 * cfg.context + 1)  # each sequence of each slice the model sees
-    return UNet(in_channels=channels, out_channels=1, features=cfg.features, norm=cfg.norm)
+    return UNet(in_channels=cfg.input_channels, out_channels=1, features=cfg.features, norm=cfg.norm)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **info: Any) -> None:

@@ -137,6 +137,16 @@ class Config:
         if self.val_fraction == 0 and (self.patience is not None or self.tune_threshold):
             raise ValueError("patience and tune_threshold need validation patients; val_fraction is 0")
 
+    @property
+    def slices(self) -> int:
+        """Slices the model sees at once: the slice and its ``context`` neighbours on either side."""
+        return 2 * self.context + 1
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the model's input: the MR sequences of each slice it sees."""
+        return self.in_channels * self.slices
+
     def torch_device(self) -> torch.device:
         """The device this run uses: the first GPU when one is visible and ``device`` is "auto"."""
         if self.device == "auto":

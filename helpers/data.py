@@ -266,25 +266,28 @@ def channel_stats(table: pd.DataFrame, max_slices: int = 400, seed: int = 0,
     return tuple(pixels.mean(0).round(5).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).round(5).tolist())
 
 
+def neighbour_positions(n_slices: int, context: int) -> np.ndarray:
+    """(n_slices, 2 * context + 1): for each position in a volume, the positions ``-context .. +context`` around
+    it (itself in the middle column), the first or last slice repeated past the volume's ends."""
+    return np.clip(np.arange(n_slices)[:, None] + np.arange(-context, context + 1), 0, max(n_slices - 1, 0))
+
+
 def neighbour_rows(table: pd.DataFrame, context: int) -> np.ndarray:
-    """(N, 2 * context + 1) row positions: for each slice, the slices ``-context .. +context`` of its patient in
-    slice order (the slice itself in the middle column), repeating the first or last slice past a volume's end."""
+    """(N, 2 * context + 1) row positions: for each slice of ``table``, :func:`neighbour_positions` among the
+    slices of its patient in slice order, whatever the table's row order."""
     rows = np.zeros((len(table), 2 * context + 1), np.int64)
     for _, group in table.reset_index(drop=True).groupby("patient", sort=False):
         order = group.index.to_numpy()[np.argsort(group["slice"].to_numpy(), kind="stable")]
-        for k, offset in enumerate(range(-context, context + 1)):
-            rows[order, k] = order[np.clip(np.arange(len(order)) + offset, 0, len(order) - 1)]
+        rows[order] = order[neighbour_positions(len(order), context)]
     return rows
 
 
 def stack_neighbours(images: list[np.ndarray], context: int) -> list[np.ndarray]:
     """One volume's slices (in slice order, each (H, W, C)) as (H, W, C * (2 * context + 1)) inputs: each slice
-    with its ``context`` neighbours on either side, as :func:`neighbour_rows` orders them."""
+    with its :func:`neighbour_positions`, as the training data stacks them."""
     if context == 0:
         return images
-    last = len(images) - 1
-    return [np.concatenate([images[min(max(i + d, 0), last)] for d in range(-context, context + 1)], axis=2)
-            for i in range(len(images))]
+    return [np.concatenate([images[j] for j in row], axis=2) for row in neighbour_positions(len(images), context)]
 
 
 class SliceDataset(Dataset):

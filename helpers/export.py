@@ -37,10 +37,10 @@ class Deployable(nn.Module):
                              f"image size {cfg.image_size}")
         self.model = copy.deepcopy(unwrap(model)).float().cpu().eval()  # the caller's model stays as it is
         self.input_size, self.factor = input_size, input_size // cfg.image_size
-        self.channels = input_channels(cfg)
-        slices = 2 * cfg.context + 1
-        self.register_buffer("mean", torch.tensor(cfg.mean * slices, dtype=torch.float32).view(1, -1, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(cfg.std * slices, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.channels = cfg.input_channels
+        mean, std = cfg.mean * cfg.slices, cfg.std * cfg.slices  # each sequence's statistics, once per slice
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.factor > 1:  # cv2.INTER_AREA at an integer factor is this average
@@ -50,11 +50,6 @@ class Deployable(nn.Module):
             logits = F.interpolate(logits, size=(self.input_size, self.input_size), mode="bilinear",
                                    align_corners=False)
         return torch.sigmoid(logits)
-
-
-def input_channels(cfg: Config) -> int:
-    """Channels of the model's input: three MR sequences for each of the 2 * context + 1 slices."""
-    return cfg.in_channels * (2 * cfg.context + 1)
 
 
 def example_input(batch: int = 2, size: int = SLICE_SIZE, seed: int = 0, channels: int = 3) -> torch.Tensor:

@@ -57,7 +57,6 @@ class UNet(nn.Module):
                  features: Sequence[int] = SEED_FEATURES, norm: str = "batch") -> None:
         super().__init__()
         self.features = tuple(features)
-        self.norm = norm
         self.downs = nn.ModuleList()
         self.ups = nn.ModuleList()
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)

@@ -18,8 +18,8 @@ from .config import Config  # noqa: E402
 def _normalize(cfg: Config) -> A.Normalize:
     if cfg.mean is None or cfg.std is None:
         raise ValueError("cfg.mean/cfg.std are not set: measure them with helpers.data.channel_stats first")
-    slices = 2 * cfg.context + 1  # with neighbouring slices as input, each sequence's statistics repeat per slice
-    return A.Normalize(mean=cfg.mean * slices, std=cfg.std * slices, max_pixel_value=255.0)
+    # With neighbouring slices as input each sequence's statistics repeat per slice.
+    return A.Normalize(mean=cfg.mean * cfg.slices, std=cfg.std * cfg.slices, max_pixel_value=255.0)
 
 
 class ChannelGamma(A.ImageOnlyTransform):
