@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=Config.optimizer)
     train.add_argument("--weight-decay", type=float, default=Config.weight_decay)
     train.add_argument("--schedule", choices=SCHEDULES, default=Config.schedule)
+    train.add_argument("--tumour-mix", type=float, default=Config.tumour_mix,
+                       help="share of training slices given another training slice's tumour (CarveMix); 0 = off")
     train.add_argument("--tumour-share", type=_share_or_none, default=Config.tumour_share,
                        help="share of tumour slices drawn per epoch; none = as in the data")
     train.add_argument("--tta", action=argparse.BooleanOptionalAction, default=Config.tta,
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'volume': rescale each patient by its own bright level first")
     train.add_argument("--min-component", type=int, default=Config.min_component,
                        help="drop predicted 2-D blobs smaller than this many pixels")
+    train.add_argument("--grow-threshold", type=float, default=Config.grow_threshold,
+                       help="grow found tumour into the 3-D regions above this lower probability (0 = off)")
     train.add_argument("--min-volume-share", type=float, default=Config.min_volume_share,
                        help="keep only 3-D regions with at least this share of the largest region's voxels")
     train.add_argument("--val-fraction", type=float, default=Config.val_fraction)
@@ -114,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float, help="default: the checkpoint's")
     predict.add_argument("--min-component", type=int, help="drop predicted 2-D blobs under N pixels")
     predict.add_argument("--min-volume-share", type=float, help="keep 3-D regions over this share of the largest")
+    predict.add_argument("--grow-threshold", type=float, help="grow found tumour down to this probability (0 = off)")
     predict.add_argument("--strict", action="store_true", help="stop at the first unusable slice (default: skip "
                          "it with a warning and list it in skipped.csv)")
     predict.add_argument("--volume-view", action=argparse.BooleanOptionalAction, default=True,
@@ -209,7 +214,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     model, cfg, _ = _load(args.checkpoint, args.device)
     changes = {"tta": args.tta, "threshold": args.threshold, "min_component": args.min_component,
-               "min_volume_share": args.min_volume_share}
+               "min_volume_share": args.min_volume_share, "grow_threshold": args.grow_threshold}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
     result = predict(model, cfg, args.input, args.out, strict=args.strict, volume_view=args.volume_view,
                      progress=not args.quiet)

@@ -67,11 +67,13 @@ class Config:
     dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
     recall_weight: float = 0.7  # Dice term as a Tversky index: > 0.5 makes missed tumour cost more than false alarms
     ema: float = 0.99  # per-step decay of a moving average of the weights and BatchNorm statistics; 0 = off
+    tumour_mix: float = 0.0  # share of training slices given another training slice's tumour (CarveMix); 0 = off
     tumour_share: float | None = None  # share of tumour slices drawn per epoch; None = as in the data (about 1/3)
     threshold: float = 0.5  # probability above which a pixel is tumour
     tune_threshold: bool = False  # after training, pick the threshold that maximises validation Dice
     tta: bool = False  # average the prediction with that of the horizontally flipped slice (twice the inference)
     min_component: int = 0  # drop predicted 2-D blobs smaller than this many pixels (at 256x256)
+    grow_threshold: float = 0.3  # grow found tumour into the 3-D regions above this lower probability; 0 = off
     min_volume_share: float = 0.1  # keep 3-D regions with at least this share of the largest one's voxels
     val_fraction: float = 0.2  # share of *patients* held out for validation; 0 = train on all, best.pt = last epoch
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
@@ -125,11 +127,17 @@ class Config:
             raise ValueError(f"channel_gamma must be 0 (off) or positive, got {self.channel_gamma}")
         if not 0.0 <= self.select_after <= 1.0:
             raise ValueError(f"select_after must be between 0 and 1, got {self.select_after}")
+        if not 0.0 <= self.grow_threshold < 1.0:
+            raise ValueError(f"grow_threshold must be in [0, 1) (0 = off; under threshold), got {self.grow_threshold}")
         if not 0.0 <= self.min_volume_share <= 1.0:
             raise ValueError(f"min_volume_share must be between 0 and 1, got {self.min_volume_share}")
         if self.accumulate < 1 or (self.batch_size is not None and self.batch_size % self.accumulate):
             raise ValueError(f"accumulate must be a positive divisor of batch_size ({self.batch_size}), "
                              f"got {self.accumulate}")
+        if not 0.0 <= self.tumour_mix <= 1.0:
+            raise ValueError(f"tumour_mix must be in [0, 1] (a share of training slices), got {self.tumour_mix}")
+        if self.tumour_mix and self.context:
+            raise ValueError("tumour_mix works on single slices; set context=0 or tumour_mix=0")
         if self.context < 0:
             raise ValueError(f"context must be 0 (one slice) or a positive number of slices, got {self.context}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -16,6 +16,8 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .tumour_mix import TumourMix
+
 SLICE_RE = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
 PATIENT_RE = re.compile(r"^TCGA_[A-Z0-9]{2}_[A-Z0-9]{4}")
 FLAIR = 1  # channel order in the dataset: pre-contrast, FLAIR, post-contrast
@@ -297,13 +299,15 @@ class SliceDataset(Dataset):
     volume (:func:`neighbour_rows`), so the 2-D model sees some of the third dimension (2.5-D); the mask is
     the middle slice's.
     With ``scales`` (from :func:`volume_scales`) each slice is first rescaled by its volume's bright level.
+    With ``tumour_mix`` > 0 (training, single slices) that share of slices first receives the tumour of another
+    tumour slice of the table (:class:`helpers.tumour_mix.TumourMix`, seeded by ``seed``).
     With ``native_masks`` the transform touches the image only and the mask keeps the slice's own resolution,
     so scores are computed at 256x256 whatever size the model runs at. With ``cache`` slices come from RAM.
     """
 
     def __init__(self, table: pd.DataFrame, transform: Callable[..., dict] | None = None,
                  native_masks: bool = False, scales: dict[str, np.ndarray] | None = None,
-                 cache: SliceCache | None = None, context: int = 0) -> None:
+                 cache: SliceCache | None = None, context: int = 0, tumour_mix: float = 0.0, seed: int = 0) -> None:
         self.images = table["image_path"].tolist()
         self.neighbours = neighbour_rows(table, context) if context else None
         self.masks = table["mask_path"].tolist()
@@ -311,6 +315,12 @@ class SliceDataset(Dataset):
         self.transform = transform
         self.native_masks = native_masks
         self.cache = cache
+        self.mix = None
+        if tumour_mix > 0:
+            if context:
+                raise ValueError("tumour_mix works on single slices; it cannot be combined with context > 0")
+            donors = np.flatnonzero(table["tumour_pixels"].to_numpy() > 0).tolist()
+            self.mix = TumourMix(self._pair, donors, tumour_mix, seed)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -319,12 +329,20 @@ class SliceDataset(Dataset):
         image = self.cache.image(self.images[i]) if self.cache is not None else read_image(self.images[i])
         return rescale(image, self.scales[i]) if self.scales is not None else image
 
+    def _mask(self, i: int) -> np.ndarray:
+        return self.cache.mask(self.masks[i]) if self.cache is not None else read_mask(self.masks[i])
+
+    def _pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._image(i), self._mask(i)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.neighbours is None:
             image = self._image(i)
         else:
             image = np.concatenate([self._image(j) for j in self.neighbours[i]], axis=2)
-        mask = self.cache.mask(self.masks[i]) if self.cache is not None else read_mask(self.masks[i])
+        mask = self._mask(i)
+        if self.mix is not None:
+            image, mask = self.mix(image, mask)
         if self.transform is not None and self.native_masks:
             image = self.transform(image=image)["image"]
         elif self.transform is not None:

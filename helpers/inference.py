@@ -86,11 +86,15 @@ def clean_volume(probs: np.ndarray, cfg: Config, threshold: float | None = None)
     """One patient's tumour mask (N, H, W) bool from its probability maps, slices in order.
 
     Thresholds at ``threshold`` (default ``cfg.threshold``), drops 2-D blobs under ``cfg.min_component`` pixels,
-    then, with ``cfg.min_volume_share`` > 0, keeps only the 3-D connected regions with at least that share of the
+    grows what is left into the 3-D regions over ``cfg.grow_threshold`` that touch it (hysteresis: a tumour
+    found in part is taken whole down to the lower level, and faint areas elsewhere stay out), then, with ``cfg.min_volume_share`` > 0, keeps only the 3-D connected regions with at least that share of the
     largest region's voxels: a glioma is one lesion, and scattered false alarms are small.
     """
     threshold = cfg.threshold if threshold is None else threshold
     mask = np.stack([binarize(p, threshold, cfg.min_component) for p in probs]) if len(probs) else probs > threshold
+    if 0 < cfg.grow_threshold < threshold and mask.any():
+        labels, _ = ndimage.label(probs > cfg.grow_threshold, structure=np.ones((3, 3, 3), bool))
+        mask = np.isin(labels, np.unique(labels[mask]))  # every found region holds a voxel of mask
     if cfg.min_volume_share > 0 and mask.any():
         labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
         if n > 1:
@@ -101,7 +105,7 @@ def clean_volume(probs: np.ndarray, cfg: Config, threshold: float | None = None)
 
 
 def _needs_cleaning(cfg: Config) -> bool:
-    return cfg.min_component > 0 or cfg.min_volume_share > 0
+    return cfg.min_component > 0 or cfg.min_volume_share > 0 or cfg.grow_threshold > 0
 
 
 @torch.no_grad()

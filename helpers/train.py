@@ -149,6 +149,8 @@ def _seed_worker_augmentation(worker_id: int) -> None:
     dataset = torch.utils.data.get_worker_info().dataset
     if hasattr(dataset.transform, "set_random_seed"):
         dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+    if dataset.mix is not None:
+        dataset.mix.set_random_seed(torch.initial_seed() % 2**32 + 1)
 
 
 def make_train_loader(cfg: Config, train_table: pd.DataFrame, scales: dict[str, np.ndarray] | None = None,
@@ -163,7 +165,8 @@ def make_train_loader(cfg: Config, train_table: pd.DataFrame, scales: dict[str, 
     per_process = cfg.batch_size // procs.world
     sampler = EpochSampler(len(train_table), cfg.seed, weights, procs.rank, procs.world, per_process)
     scales = scales_for(cfg.intensity, train_table, scales, cache)
-    dataset = SliceDataset(train_table, train_transform(cfg), scales=scales, cache=cache, context=cfg.context)
+    dataset = SliceDataset(train_table, train_transform(cfg), scales=scales, cache=cache, context=cfg.context,
+                           tumour_mix=cfg.tumour_mix, seed=cfg.seed)
     return DataLoader(dataset, batch_size=per_process, sampler=sampler, worker_init_fn=_seed_worker_augmentation,
                       drop_last=len(train_table) > cfg.batch_size, num_workers=cfg.workers,
                       pin_memory=cfg.torch_device().type == "cuda", persistent_workers=cfg.workers > 0,
@@ -304,7 +307,7 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     train_loader = make_train_loader(cfg, train_table, scales, cache, procs)
     val_loader = make_eval_loader(val_table, cfg, scales, cache) if procs.main and validating else None
     # Per-epoch model selection scores plain predictions; TTA and blob removal are for the final choices.
-    select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0)
+    select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0, grow_threshold=0.0)
     model = parallelize(build_model(cfg), cfg, procs)
     average = make_average(cfg, model) if procs.main else None  # only the main process validates and saves
 

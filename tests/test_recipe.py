@@ -60,6 +60,22 @@ def test_clean_volume_keeps_the_main_lesion_across_slices():
     assert clean_volume(probs, Config(min_volume_share=1.0), threshold=0.95).sum() == 0
 
 
+def test_grow_threshold_takes_a_found_tumour_whole_and_nothing_else():
+    probs = np.zeros((4, 32, 32), np.float32)
+    probs[1:3, 8:20, 8:20] = 0.4  # a tumour, faint at its edge ...
+    probs[1:3, 12:16, 12:16] = 0.8  # ... found in part (32 voxels)
+    probs[0, 24:30, 0:6] = 0.4  # a faint area elsewhere, touching nothing found: 36 voxels
+    plain = Config(min_volume_share=0.0, grow_threshold=0.0)
+    assert clean_volume(probs, plain).sum() == 32
+    grown = clean_volume(probs, Config(min_volume_share=0.0, grow_threshold=0.3))
+    assert grown.sum() == 2 * 144 and grown[1:3, 8:20, 8:20].all() and not grown[0].any()
+    assert clean_volume(probs, Config(min_volume_share=0.0, grow_threshold=0.45)).sum() == 32  # over the edge
+    # Not a lower threshold in disguise: with nothing over the threshold, nothing grows.
+    assert clean_volume(np.minimum(probs, 0.45), Config(grow_threshold=0.3)).sum() == 0
+    with pytest.raises(ValueError, match="grow_threshold"):
+        Config(grow_threshold=1.0)
+
+
 def test_evaluation_batches_never_mix_patients():
     patients = ["a"] * 5 + ["b"] * 2 + ["c"] * 9
     sampler = PatientBatches(patients, batch_size=4)
