@@ -33,7 +33,7 @@ AUTO_FIELDS = tuple(GPU_DEFAULTS)
 LOSSES = ("bce", "dice", "bce_dice")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-INTENSITIES = ("dataset", "volume", "brain")
+INTENSITIES = ("dataset", "volume", "brain", "landmarks")
 AMPS = ("auto", "off", "bf16", "fp16")
 AUGMENTS = ("off", "light", "strong")
 NORMS = ("batch", "instance")
@@ -83,7 +83,8 @@ class Config:
     intensity_jitter: float = 0.1  # brightness/contrast change of up to this share, in training
     channel_gain: float = 0.2  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
     channel_gamma: float = 0.0  # each channel's gamma drawn from [1 / (1 + g), 1 + g], in training: contrast differs
-    intensity: str = "volume"  # per patient: by its 99th-percentile level; "brain": by its brain median; "dataset"
+    intensity: str = "volume"  # per patient: by its 99th-percentile level; "brain": by its brain median; "landmarks":
+    # both (brain median and 99th percentile each to a fixed level); "dataset": one normalisation for all
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     seed: int = 42

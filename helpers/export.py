@@ -22,7 +22,7 @@ from torch import nn
 
 from .checkpoint import unwrap
 from .config import Config
-from .data import BRAIN_LEVEL
+from .data import BRAIN_LEVEL, LANDMARK_LEVEL
 
 SLICE_SIZE = 256  # the dataset's slices
 
@@ -126,7 +126,8 @@ def export(model: nn.Module, cfg: Config, out_dir: str | Path, formats: tuple[st
     preprocessing = {
         "input": f"float32 (N, {module.channels}, {SLICE_SIZE}, {SLICE_SIZE}), RGB = pre-contrast, FLAIR, "
                  f"post-contrast, 0..255{slices}",
-        "context": cfg.context, "intensity": cfg.intensity, "brain_level": BRAIN_LEVEL, "threshold": cfg.threshold,
+        "context": cfg.context, "intensity": cfg.intensity, "brain_level": BRAIN_LEVEL,
+        "landmark_level": LANDMARK_LEVEL, "threshold": cfg.threshold,
         "tta": cfg.tta, "min_component": cfg.min_component, "min_volume_share": cfg.min_volume_share,
         "grow_threshold": cfg.grow_threshold,
         "model_image_size": cfg.image_size, "features": list(cfg.features), "mean": list(cfg.mean),

@@ -92,7 +92,7 @@ def test_k_fold_validates_every_patient_exactly_once(real_sample_or_synthetic):
         patient_folds(table, 1, seed=0)
 
 
-@pytest.mark.parametrize("method", ["volume", "brain"])
+@pytest.mark.parametrize("method", ["volume", "brain", "landmarks"])
 def test_volume_rescaling_removes_a_patients_overall_brightness(tmp_path, method):
     from helpers.data import rescale, volume_scales
 
@@ -122,6 +122,31 @@ def test_brain_level_does_not_depend_on_the_tumour(tmp_path):
     after = {m: volume_scales(table, method=m)[table.patient[0]] for m in ("volume", "brain")}
     assert abs(after["brain"][1] / before["brain"][1] - 1) < 0.05  # the brain median barely moves
     assert after["volume"][1] / before["volume"][1] > 1.1  # the bright end is the lesion's
+
+
+def test_landmarks_put_every_brain_at_one_level_and_the_bright_end_at_255(tmp_path):
+    from helpers.data import LANDMARK_LEVEL, brain_pixels, rescale, volume_scales
+
+    root = write_synthetic_dataset(tmp_path, n_patients=2, n_slices=6, seed=7)
+    odd = sorted(root.glob("TCGA_*"))[1]
+    for f in odd.glob("*[0-9].tif"):  # a scanner whose post-contrast brain is nearly as bright as its bright end
+        image = cv2.imread(str(f))
+        image[..., 0] = np.round(255 * (image[..., 0] / 255.0) ** 0.4)  # cv2 order is BGR: 0 is post-contrast
+        cv2.imwrite(str(f), image)
+    table = load_dataset(root)
+    medians = {}
+    for method in ("volume", "landmarks"):
+        scales = volume_scales(table, method=method)
+        for patient, rows in table.groupby("patient"):
+            pixels = np.concatenate([rescale(read_image(p), scales[patient]).reshape(-1, 3) for p in rows.image_path])
+            medians[method, patient] = np.median(pixels[brain_pixels(pixels)], axis=0)
+            top = [np.percentile(c[c > 0], 99) for c in pixels.T]
+            assert np.allclose(top, 255, atol=2), (method, top)
+    normal, bright = sorted(table.patient.unique())
+    assert medians["volume", bright][2] - medians["volume", normal][2] > 30  # post-contrast: apart by volume ...
+    for patient in (normal, bright):  # ... and both at the landmark level with landmarks
+        assert np.allclose(medians["landmarks", patient], LANDMARK_LEVEL, atol=3), medians["landmarks", patient]
+    assert volume_scales(table, method="landmarks")[normal].shape == (2, 3)
 
 
 def test_brain_mask_leaves_out_a_bright_background(tmp_path):

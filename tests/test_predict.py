@@ -222,3 +222,17 @@ def test_exported_graph_matches_the_predict_pipeline(trained, synthetic_dir):
     pipeline = np.stack(volume_probabilities(model, images, cfg))
     # The pipeline rounds the resized slice to 8 bits before normalising; the graph does not.
     assert np.abs(graph - pipeline).max() < 0.02
+
+
+@pytest.mark.parametrize("intensity", ["brain", "landmarks"])
+def test_predict_scales_a_volume_as_evaluation_does(synthetic_dir, intensity):
+    from helpers.checkpoint import build_model
+
+    cfg = Config(image_size=32, features=(4, 8, 16, 32), batch_size=5, workers=0, device="cpu", amp="off",
+                 mean=(0.3,) * 3, std=(0.2,) * 3, intensity=intensity)
+    model = build_model(cfg).eval()
+    table = load_dataset(synthetic_dir)
+    rows = table[table.patient == table.patient[1]].reset_index(drop=True)
+    images = [read_slice(p) for p in rows.image_path]
+    np.testing.assert_allclose(np.stack(volume_probabilities(model, images, cfg)),
+                               predict_probabilities(model, rows, cfg), atol=1e-6)
