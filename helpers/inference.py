@@ -72,6 +72,9 @@ def model_logits(model: nn.Module, images: torch.Tensor, cfg: Config, size: tupl
     return logits
 
 
+TOUCHING_3D = np.ones((3, 3, 3), bool)  # voxels touch across faces, edges and corners, within and across slices
+
+
 def binarize(probs: np.ndarray, threshold: float, min_component: int = 0) -> np.ndarray:
     """Tumour mask (H, W) bool from probabilities: threshold, then drop blobs under ``min_component`` pixels."""
     mask = probs > threshold
@@ -87,16 +90,17 @@ def clean_volume(probs: np.ndarray, cfg: Config, threshold: float | None = None)
 
     Thresholds at ``threshold`` (default ``cfg.threshold``), drops 2-D blobs under ``cfg.min_component`` pixels,
     grows what is left into the 3-D regions over ``cfg.grow_threshold`` that touch it (hysteresis: a tumour
-    found in part is taken whole down to the lower level, and faint areas elsewhere stay out), then, with ``cfg.min_volume_share`` > 0, keeps only the 3-D connected regions with at least that share of the
-    largest region's voxels: a glioma is one lesion, and scattered false alarms are small.
+    found in part is taken whole down to the lower level, and faint areas elsewhere stay out), then, with
+    ``cfg.min_volume_share`` > 0, keeps only the 3-D connected regions with at least that share of the largest
+    region's voxels: a glioma is one lesion, and scattered false alarms are small.
     """
     threshold = cfg.threshold if threshold is None else threshold
     mask = np.stack([binarize(p, threshold, cfg.min_component) for p in probs]) if len(probs) else probs > threshold
     if 0 < cfg.grow_threshold < threshold and mask.any():
-        labels, _ = ndimage.label(probs > cfg.grow_threshold, structure=np.ones((3, 3, 3), bool))
+        labels, _ = ndimage.label(probs > cfg.grow_threshold, structure=TOUCHING_3D)
         mask = np.isin(labels, np.unique(labels[mask]))  # every found region holds a voxel of mask
     if cfg.min_volume_share > 0 and mask.any():
-        labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+        labels, n = ndimage.label(mask, structure=TOUCHING_3D)
         if n > 1:
             sizes = np.bincount(labels.ravel())[1:]
             keep = np.flatnonzero(sizes >= cfg.min_volume_share * sizes.max()) + 1
