@@ -83,8 +83,8 @@ class Config:
     intensity_jitter: float = 0.1  # brightness/contrast change of up to this share, in training
     channel_gain: float = 0.2  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
     channel_gamma: float = 0.0  # each channel's gamma drawn from [1 / (1 + g), 1 + g], in training: contrast differs
-    intensity: str = "volume"  # per patient: by its 99th-percentile level; "brain": by its brain median; "landmarks":
-    # both (brain median and 99th percentile each to a fixed level); "dataset": one normalisation for all
+    intensity: str = "landmarks"  # per patient and channel, brain median and 99th percentile each to a fixed level;
+    # "volume": by the 99th percentile alone; "brain": by the brain median alone; "dataset": one normalisation for all
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     seed: int = 42
@@ -183,8 +183,9 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
         known = {f.name for f in dataclasses.fields(cls)}
-        # Runs saved before these knobs existed trained with the plain Dice and without a moving average.
-        values = {"recall_weight": 0.5, "ema": 0.0, **values}
+        # Runs saved before these knobs existed trained with the plain Dice, without a moving average and with
+        # one normalisation for the whole dataset.
+        values = {"recall_weight": 0.5, "ema": 0.0, "intensity": "dataset", **values}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def save(self, path: str | Path) -> None:

@@ -246,8 +246,8 @@ def volume_level(images: list[np.ndarray], method: str = "volume", percentile: f
 
 def scales_for(intensity: str, table: pd.DataFrame, scales: dict[str, np.ndarray] | None = None,
                cache: SliceCache | None = None) -> dict[str, np.ndarray] | None:
-    """The per-volume levels that ``intensity`` ("volume", "brain" or "dataset") needs for ``table``: None for
-    "dataset"; else ``scales`` when given (measured once and shared), or :func:`volume_scales`."""
+    """The per-volume levels that ``intensity`` (a :func:`volume_scales` method, or "dataset") needs for ``table``:
+    None for "dataset"; else ``scales`` when given (measured once and shared), or :func:`volume_scales`."""
     if intensity == "dataset":
         return None
     return scales if scales is not None else volume_scales(table, cache=cache, method=intensity)

@@ -51,8 +51,8 @@ class PatientBatches(Sampler[list[int]]):
 def make_eval_loader(table: pd.DataFrame, cfg: Config, scales: dict[str, np.ndarray] | None = None,
                      cache: SliceCache | None = None) -> DataLoader:
     """Slices in table order, batched per patient: images preprocessed as at validation time, masks at their own
-    resolution. With ``cfg.intensity == "volume"``, ``scales`` (from :func:`helpers.data.volume_scales`) are
-    measured here unless given. ``cache`` serves slices from RAM."""
+    resolution. Unless ``cfg.intensity`` is "dataset", the per-volume ``scales`` (from
+    :func:`helpers.data.volume_scales`) are measured here when not given. ``cache`` serves slices from RAM."""
     scales = scales_for(cfg.intensity, table, scales, cache)
     return DataLoader(SliceDataset(table, eval_transform(cfg), native_masks=True, scales=scales, cache=cache,
                                    context=cfg.context),

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers.config import Config
 from helpers.data import DataError, SliceDataset, find_kaggle_3m, load_dataset, read_image, split_patients
 from helpers.synthetic import write_synthetic_dataset
 
@@ -147,6 +148,12 @@ def test_landmarks_put_every_brain_at_one_level_and_the_bright_end_at_255(tmp_pa
     for patient in (normal, bright):  # ... and both at the landmark level with landmarks
         assert np.allclose(medians["landmarks", patient], LANDMARK_LEVEL, atol=3), medians["landmarks", patient]
     assert volume_scales(table, method="landmarks")[normal].shape == (2, 3)
+
+
+def test_runs_saved_before_the_intensity_knob_load_with_one_normalisation():
+    saved = Config().to_dict()
+    del saved["intensity"]  # a run from before per-volume scaling existed: it normalised the whole dataset at once
+    assert Config.from_dict(saved).intensity == "dataset" and Config().intensity == "landmarks"
 
 
 def test_brain_mask_leaves_out_a_bright_background(tmp_path):

@@ -224,7 +224,7 @@ def test_exported_graph_matches_the_predict_pipeline(trained, synthetic_dir):
     assert np.abs(graph - pipeline).max() < 0.02
 
 
-@pytest.mark.parametrize("intensity", ["brain", "landmarks"])
+@pytest.mark.parametrize("intensity", ["volume", "brain", "landmarks"])
 def test_predict_scales_a_volume_as_evaluation_does(synthetic_dir, intensity):
     from helpers.checkpoint import build_model
 
