@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-channel gain augmentation: factors in [1-g, 1+g]")
     train.add_argument("--channel-gamma", type=float, default=Config.channel_gamma,
                        help="per-channel gamma augmentation: gammas in [1/(1+g), 1+g]")
+    train.add_argument("--sequence-dropout", type=float, default=Config.sequence_dropout,
+                       help="share of training slices with one MR sequence blanked to its mean")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint on every labelled patient under a folder")

@@ -62,6 +62,26 @@ class SequenceGain(A.ImageOnlyTransform):
         return np.clip(img * gains.astype(np.float32), 0, 255).astype(np.uint8)
 
 
+class SequenceDropout(A.ImageOnlyTransform):
+    """One MR sequence, drawn at random, set to its mean level ``fill`` (uint8, one per sequence), which the
+    normalisation then maps to 0; with a 2.5-D input the same sequence in every slice.
+
+    Meant for tumours that one sequence barely shows (TCGA_DU_7306's FLAIR): a model that sometimes has to do
+    without a sequence learns to use all three (ModDrop, HeMIS)."""
+
+    def __init__(self, fill: tuple[int, ...], p: float = 0.3) -> None:
+        super().__init__(p=p)
+        self.fill = np.asarray(fill, np.uint8)
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        return {"sequence": int(self.random_generator.integers(len(self.fill)))}
+
+    def apply(self, img: np.ndarray, sequence: int, **params) -> np.ndarray:
+        out = img.copy()
+        out[..., sequence::len(self.fill)] = self.fill[sequence]
+        return out
+
+
 def eval_transform(cfg: Config) -> A.Compose:
     """Resize to the model's size and normalise per channel; what validation and inference see."""
     return A.Compose([A.Resize(cfg.image_size, cfg.image_size, interpolation=cv2.INTER_AREA), _normalize(cfg)])
@@ -72,7 +92,8 @@ def train_transform(cfg: Config) -> A.Compose:
 
     * "light": flips, small affine moves (±15°, ±10% zoom, ±5% shift), brightness/contrast jitter
       (``cfg.intensity_jitter``) and, with ``cfg.channel_gain``, a random gain per channel (scanners weight the
-      three sequences differently) and, with ``cfg.channel_gamma``, a random gamma per channel (their contrast);
+      three sequences differently), with ``cfg.channel_gamma``, a random gamma per channel (their contrast) and,
+      with ``cfg.sequence_dropout``, one sequence blanked in that share of slices (:class:`SequenceDropout`);
     * "strong": as "light" with wider affine moves (±25°, 0.8-1.25 zoom, ±8% shift, more often), plus gamma,
       Gaussian noise and blur, after nnU-Net's 2-D recipe: with ten-odd training patients the model otherwise
       learns their scanners rather than the tumour;
@@ -80,6 +101,7 @@ def train_transform(cfg: Config) -> A.Compose:
     """
     if cfg.augment == "off":
         return eval_transform(cfg)
+    normalize = _normalize(cfg)
     strong = cfg.augment == "strong"
     intensity = []
     if cfg.intensity_jitter > 0:
@@ -96,6 +118,9 @@ def train_transform(cfg: Config) -> A.Compose:
         intensity += [A.RandomGamma(gamma_limit=(70, 150), p=0.3),
                       A.GaussNoise(std_range=(0.0, 0.04), p=0.15),
                       A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.5, 1.0), p=0.15)]
+    if cfg.sequence_dropout > 0:  # after the intensity changes, so that a blanked sequence normalises to about 0
+        levels = tuple(int(round(255 * m)) for m in cfg.mean)
+        intensity.append(SequenceDropout(levels, p=cfg.sequence_dropout))
     affine = (A.Affine(scale=(0.8, 1.25), translate_percent=(-0.08, 0.08), rotate=(-25, 25),
                        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8) if strong else
               A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
@@ -106,5 +131,5 @@ def train_transform(cfg: Config) -> A.Compose:
         A.HorizontalFlip(p=0.5),
         affine,
         *intensity,
-        _normalize(cfg),
+        normalize,
     ], seed=cfg.seed)

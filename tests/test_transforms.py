@@ -89,3 +89,26 @@ def test_augmentation_policies():
     mask = np.zeros((256, 256), np.uint8)
     assert np.array_equal(train_transform(cfg)(image=image, mask=mask)["image"],
                           eval_transform(cfg)(image=image, mask=mask)["image"])
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_sequence_dropout_blanks_one_sequence_to_its_mean(context):
+    mean = (0.2, 0.4, 0.6)
+    cfg = Config(image_size=32, mean=mean, std=(1.0,) * 3, augment="light", intensity_jitter=0.0,
+                 channel_gain=0.0, sequence_dropout=0.5, context=context)
+    transform = train_transform(cfg)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3 * cfg.slices), dtype=np.uint8)
+    dropped = []
+    for seed in range(60):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=np.zeros((64, 64), np.uint8))["image"]
+        flat = out.reshape(-1, cfg.slices, 3)  # pixels x slices x sequences
+        blank = [bool(np.abs(flat[:, :, s]).max() < 0.003) for s in range(3)]  # (round(255 m) / 255 - m) / 1
+        assert sum(blank) <= 1
+        if any(blank):
+            dropped.append(blank.index(True))
+            assert flat[:, :, dropped[-1]].std(axis=0).max() < 1e-6  # the whole sequence, in every slice
+    assert 15 <= len(dropped) <= 45 and set(dropped) == {0, 1, 2}  # about half the slices, any sequence
+    with pytest.raises(ValueError, match="sequence_dropout"):
+        Config(sequence_dropout=1.0)
