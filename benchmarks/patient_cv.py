@@ -63,7 +63,8 @@ def main() -> None:
             if args.only_fold is not None and k != args.only_fold:
                 continue
             train_dir = _link_patients(sorted(train["patient"].unique()), source, Path(tmp) / f"train{k}" / "kaggle_3m")
-            test_dir = _link_patients(sorted(held_out["patient"].unique()), source, Path(tmp) / f"test{k}" / "kaggle_3m")
+            test_dir = _link_patients(sorted(held_out["patient"].unique()), source,
+                                      Path(tmp) / f"test{k}" / "kaggle_3m")
             run = out / f"fold{k}"
             start = time.perf_counter()
             budget = ["--time-budget", str(args.time_budget)] if args.time_budget > 0 else []
@@ -85,7 +86,8 @@ def main() -> None:
     for r in results:
         print(f"{r['fold']:>4} {r['n_patients']:>8} {r['mean_patient_dice']:>9.3f} {r['median_patient_dice']:>7.3f} "
               f"{r['train_seconds']:>8.0f}")
-    print(f"{'all':>4} {len(per_patient):>8} {summary['mean_patient_dice']:>9.3f} {summary['median_patient_dice']:>7.3f}")
+    mean, median = summary["mean_patient_dice"], summary["median_patient_dice"]
+    print(f"{'all':>4} {len(per_patient):>8} {mean:>9.3f} {median:>7.3f}")
     path = Path(args.json or out / "results.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n")
