@@ -67,7 +67,7 @@ class SequenceDropout(A.ImageOnlyTransform):
     normalisation then maps to 0; with a 2.5-D input the same sequence in every slice.
 
     Meant for tumours that one sequence barely shows (TCGA_DU_7306's FLAIR): a model that sometimes has to do
-    without a sequence learns to use all three (ModDrop, HeMIS)."""
+    without a sequence learns to use all three (ModDrop, HeMIS). No gain measured (README, run SD)."""
 
     def __init__(self, fill: tuple[int, ...], p: float = 0.3) -> None:
         super().__init__(p=p)
