@@ -64,7 +64,7 @@ class SequenceGain(A.ImageOnlyTransform):
 
 class SequenceDropout(A.ImageOnlyTransform):
     """One MR sequence, drawn at random, set to its mean level ``fill`` (uint8, one per sequence), which the
-    normalisation then maps to 0; with a 2.5-D input the same sequence in every slice.
+    normalisation then maps to about 0 (to 8-bit rounding); with a 2.5-D input the same sequence in every slice.
 
     Meant for tumours that one sequence barely shows (TCGA_DU_7306's FLAIR): a model that sometimes has to do
     without a sequence learns to use all three (ModDrop, HeMIS). No gain measured (README, run SD)."""
