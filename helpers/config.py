@@ -84,6 +84,7 @@ class Config:
     channel_gain: float = 0.2  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
     channel_gamma: float = 0.0  # each channel's gamma drawn from [1 / (1 + g), 1 + g], in training: contrast differs
     sequence_dropout: float = 0.0  # share of training slices with one MR sequence blanked to its mean; 0 = off
+    elastic: float = 0.0  # share of training slices given a smooth random (elastic) deformation; 0 = off
     intensity: str = "landmarks"  # per patient and channel, brain median and 99th percentile each to a fixed level;
     # "volume": by the 99th percentile alone; "brain": by the brain median alone; "dataset": one normalisation for all
     mean: tuple[float, ...] | None = None
@@ -122,7 +123,7 @@ class Config:
             raise ValueError(f"ema must be in [0, 1) (0 = off; e.g. 0.99), got {self.ema}")
         if not 0.0 <= self.dice_weight <= 1.0:
             raise ValueError(f"dice_weight must be between 0 and 1, got {self.dice_weight}")
-        for name in ("intensity_jitter", "channel_gain", "sequence_dropout"):
+        for name in ("intensity_jitter", "channel_gain", "sequence_dropout", "elastic"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.channel_gamma < 0:

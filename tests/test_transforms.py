@@ -1,3 +1,4 @@
+import albumentations as A
 import numpy as np
 import pytest
 
@@ -112,3 +113,31 @@ def test_sequence_dropout_blanks_one_sequence_to_its_mean(context):
     assert 15 <= len(dropped) <= 45 and set(dropped) == {0, 1, 2}  # about half the slices, any sequence
     with pytest.raises(ValueError, match="sequence_dropout"):
         Config(sequence_dropout=1.0)
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_elastic_bends_image_and_mask_together_by_about_two_percent(size):
+    cfg = Config(image_size=size, mean=(0.0,) * 3, std=(1 / 255,) * 3, augment="light", intensity_jitter=0.0,
+                 channel_gain=0.0, elastic=0.99)
+    transform = train_transform(cfg)
+    assert [t.p for t in transform.transforms if isinstance(t, A.ElasticTransform)] == [0.99]
+    rows, cols = np.mgrid[0:size, 0:size]
+    image = np.stack([cols, rows, np.zeros_like(rows)], -1).astype(np.float32)  # each pixel holds its position
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4:3 * size // 4, size // 4:3 * size // 4] = 1
+    elastic = next(t for t in transform.transforms if isinstance(t, A.ElasticTransform))
+    shifts, outlines = [], []
+    for seed in range(8):
+        elastic.set_random_seed(seed)
+        out = elastic(image=image, mask=mask)
+        inner = (slice(size // 8, -size // 8),) * 2  # away from the border, where pixels leave the image
+        shifts.append(np.hypot(*(out["image"][inner][..., :2] - image[inner][..., :2]).transpose(2, 0, 1)))
+        # the mask moved with the image: its pixels are those whose source position was in the square
+        source = out["image"][..., :2].round().astype(int).clip(0, size - 1)
+        expected = mask[source[..., 1], source[..., 0]]
+        outlines.append((out["mask"] != expected).mean())
+    rms = float(np.sqrt(np.mean(np.square(shifts)))) / size
+    assert 0.01 < rms < 0.04
+    assert max(outlines) < 0.005  # off by rounding at the outline only
+    with pytest.raises(ValueError, match="elastic"):
+        Config(elastic=1.0)
