@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="grow found tumour into the 3-D regions above this lower probability (0 = off)")
     train.add_argument("--min-volume-share", type=float, default=Config.min_volume_share,
                        help="keep only 3-D regions with at least this share of the largest region's voxels")
+    train.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=Config.fill_holes,
+                       help="fill holes inside each slice's predicted tumour")
     train.add_argument("--val-fraction", type=float, default=Config.val_fraction)
     train.add_argument("--time-budget", type=float, help="seconds of training; stops cleanly, keeps best.pt")
     train.add_argument("--patience", type=int, help="stop after N epochs without a better validation Dice")
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--min-component", type=int, help="drop predicted 2-D blobs under N pixels")
     predict.add_argument("--min-volume-share", type=float, help="keep 3-D regions over this share of the largest")
     predict.add_argument("--grow-threshold", type=float, help="grow found tumour down to this probability (0 = off)")
+    predict.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
+                         help="fill holes inside each slice's predicted tumour (default: the checkpoint's)")
     predict.add_argument("--strict", action="store_true", help="stop at the first unusable slice (default: skip "
                          "it with a warning and list it in skipped.csv)")
     predict.add_argument("--volume-view", action=argparse.BooleanOptionalAction, default=True,
@@ -218,7 +222,8 @@ def _predict(args: argparse.Namespace) -> None:
 
     model, cfg, _ = _load(args.checkpoint, args.device)
     changes = {"tta": args.tta, "threshold": args.threshold, "min_component": args.min_component,
-               "min_volume_share": args.min_volume_share, "grow_threshold": args.grow_threshold}
+               "min_volume_share": args.min_volume_share, "grow_threshold": args.grow_threshold,
+               "fill_holes": args.fill_holes}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
     result = predict(model, cfg, args.input, args.out, strict=args.strict, volume_view=args.volume_view,
                      progress=not args.quiet)

@@ -75,6 +75,7 @@ class Config:
     min_component: int = 0  # drop predicted 2-D blobs smaller than this many pixels (at 256x256)
     grow_threshold: float = 0.3  # grow found tumour into the 3-D regions above this lower probability; 0 = off
     min_volume_share: float = 0.1  # keep 3-D regions with at least this share of the largest one's voxels
+    fill_holes: bool = True  # fill holes inside each slice's predicted tumour (the true masks have none)
     val_fraction: float = 0.2  # share of *patients* held out for validation; 0 = train on all, best.pt = last epoch
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
     patience: int | None = None  # stop after this many epochs without a better validation Dice
@@ -186,8 +187,8 @@ class Config:
     def from_dict(cls, values: dict[str, Any]) -> "Config":
         known = {f.name for f in dataclasses.fields(cls)}
         # Runs saved before these knobs existed trained with the plain Dice, without a moving average and with
-        # one normalisation for the whole dataset.
-        values = {"recall_weight": 0.5, "ema": 0.0, "intensity": "dataset", **values}
+        # one normalisation for the whole dataset, and were scored without filling holes.
+        values = {"recall_weight": 0.5, "ema": 0.0, "intensity": "dataset", "fill_holes": False, **values}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def save(self, path: str | Path) -> None:

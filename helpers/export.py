@@ -129,7 +129,7 @@ def export(model: nn.Module, cfg: Config, out_dir: str | Path, formats: tuple[st
         "context": cfg.context, "intensity": cfg.intensity, "brain_level": BRAIN_LEVEL,
         "landmark_level": LANDMARK_LEVEL, "threshold": cfg.threshold,
         "tta": cfg.tta, "min_component": cfg.min_component, "min_volume_share": cfg.min_volume_share,
-        "grow_threshold": cfg.grow_threshold,
+        "grow_threshold": cfg.grow_threshold, "fill_holes": cfg.fill_holes,
         "model_image_size": cfg.image_size, "features": list(cfg.features), "mean": list(cfg.mean),
         "std": list(cfg.std), "checks": results}
     (out_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2) + "\n")

@@ -92,7 +92,9 @@ def clean_volume(probs: np.ndarray, cfg: Config, threshold: float | None = None)
     grows what is left into the 3-D regions over ``cfg.grow_threshold`` that touch it (hysteresis: a tumour
     found in part is taken whole down to the lower level, and faint areas elsewhere stay out), then, with
     ``cfg.min_volume_share`` > 0, keeps only the 3-D connected regions with at least that share of the largest
-    region's voxels: a glioma is one lesion, and scattered false alarms are small.
+    region's voxels: a glioma is one lesion, and scattered false alarms are small. Last, with ``cfg.fill_holes``,
+    holes inside each slice's mask are filled: the dataset's masks outline the whole abnormal region and have
+    none, while a net can leave a darker core of a tumour out.
     """
     threshold = cfg.threshold if threshold is None else threshold
     mask = np.stack([binarize(p, threshold, cfg.min_component) for p in probs]) if len(probs) else probs > threshold
@@ -105,11 +107,13 @@ def clean_volume(probs: np.ndarray, cfg: Config, threshold: float | None = None)
             sizes = np.bincount(labels.ravel())[1:]
             keep = np.flatnonzero(sizes >= cfg.min_volume_share * sizes.max()) + 1
             mask = np.isin(labels, keep)
+    if cfg.fill_holes and mask.any():
+        mask = np.stack([ndimage.binary_fill_holes(m) for m in mask])
     return mask
 
 
 def _needs_cleaning(cfg: Config) -> bool:
-    return cfg.min_component > 0 or cfg.min_volume_share > 0 or cfg.grow_threshold > 0
+    return cfg.min_component > 0 or cfg.min_volume_share > 0 or cfg.grow_threshold > 0 or cfg.fill_holes
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -68,10 +69,11 @@ def volume_probabilities(model: nn.Module, images: list[np.ndarray], cfg: Config
 
 def volume_masks(probs: list[np.ndarray], cfg: Config) -> list[np.ndarray]:
     """Final masks for one volume: :func:`helpers.inference.clean_volume` when its slices share one size, else
-    the per-slice part of it (threshold and small 2-D blobs)."""
+    the per-slice part of it (threshold, small 2-D blobs, holes)."""
     if probs and _same_shapes(probs):
         return list(clean_volume(np.stack(probs), cfg))
-    return [binarize(p, cfg.threshold, cfg.min_component) for p in probs]
+    masks = [binarize(p, cfg.threshold, cfg.min_component) for p in probs]
+    return [ndimage.binary_fill_holes(m) for m in masks] if cfg.fill_holes else masks
 
 
 def _read_volume(rows: pd.DataFrame, strict: bool) -> tuple[list[int], list[np.ndarray], list[tuple[str, str]]]:

@@ -307,7 +307,8 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
     train_loader = make_train_loader(cfg, train_table, scales, cache, procs)
     val_loader = make_eval_loader(val_table, cfg, scales, cache) if procs.main and validating else None
     # Per-epoch model selection scores plain predictions; TTA and blob removal are for the final choices.
-    select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0, grow_threshold=0.0)
+    select_cfg = dataclasses.replace(cfg, tta=False, min_component=0, min_volume_share=0.0, grow_threshold=0.0,
+                                     fill_holes=False)
     model = parallelize(build_model(cfg), cfg, procs)
     average = make_average(cfg, model) if procs.main else None  # only the main process validates and saves
 

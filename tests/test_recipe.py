@@ -76,6 +76,20 @@ def test_grow_threshold_takes_a_found_tumour_whole_and_nothing_else():
         Config(grow_threshold=1.0)
 
 
+def test_fill_holes_closes_a_ring_but_not_a_notch():
+    probs = np.zeros((3, 32, 32), np.float32)
+    probs[1, 4:16, 4:16] = 0.9
+    probs[1, 8:12, 8:12] = 0.1  # a darker core the net left out: 16 pixels
+    probs[2, 4:16, 18:30] = 0.9
+    probs[2, 8:12, 22:30] = 0.1  # a notch open to the outside: not a hole
+    plain = clean_volume(probs, Config(fill_holes=False))
+    filled = clean_volume(probs, Config())
+    assert filled.sum() == plain.sum() + 16 and filled[1, 4:16, 4:16].all()
+    assert np.array_equal(filled[2], plain[2]) and not filled[0].any()
+    # Configs saved before the knob existed were scored without it, and load that way.
+    assert not Config.from_dict({}).fill_holes and Config().fill_holes
+
+
 def test_evaluation_batches_never_mix_patients():
     patients = ["a"] * 5 + ["b"] * 2 + ["c"] * 9
     sampler = PatientBatches(patients, batch_size=4)
