@@ -85,6 +85,11 @@ def binarize(probs: np.ndarray, threshold: float, min_component: int = 0) -> np.
     return mask
 
 
+def fill_holes(masks: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
+    """Each 2-D mask with the holes inside its regions filled (a notch open to the outside is not a hole)."""
+    return [ndimage.binary_fill_holes(m) for m in masks]
+
+
 def clean_volume(probs: np.ndarray, cfg: Config, threshold: float | None = None) -> np.ndarray:
     """One patient's tumour mask (N, H, W) bool from its probability maps, slices in order.
 
@@ -108,7 +113,7 @@ def clean_volume(probs: np.ndarray, cfg: Config, threshold: float | None = None)
             keep = np.flatnonzero(sizes >= cfg.min_volume_share * sizes.max()) + 1
             mask = np.isin(labels, keep)
     if cfg.fill_holes and mask.any():
-        mask = np.stack([ndimage.binary_fill_holes(m) for m in mask])
+        mask = np.stack(fill_holes(mask))
     return mask
 
 

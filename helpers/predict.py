@@ -15,13 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
 from .config import Config
 from .data import DataError, rescale, stack_neighbours, volume_level
-from .inference import binarize, clean_volume, model_logits
+from .inference import binarize, clean_volume, fill_holes, model_logits
 from .metrics import dice
 from .precision import place_model
 from .scans import find_scans, read_mask_any, read_slice, to_uint8
@@ -73,7 +72,7 @@ def volume_masks(probs: list[np.ndarray], cfg: Config) -> list[np.ndarray]:
     if probs and _same_shapes(probs):
         return list(clean_volume(np.stack(probs), cfg))
     masks = [binarize(p, cfg.threshold, cfg.min_component) for p in probs]
-    return [ndimage.binary_fill_holes(m) for m in masks] if cfg.fill_holes else masks
+    return fill_holes(masks) if cfg.fill_holes else masks
 
 
 def _read_volume(rows: pd.DataFrame, strict: bool) -> tuple[list[int], list[np.ndarray], list[tuple[str, str]]]:

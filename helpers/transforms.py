@@ -84,7 +84,7 @@ class SequenceDropout(A.ImageOnlyTransform):
 
 def _elastic(size: int, p: float) -> A.ElasticTransform:
     """A smooth random displacement field, the same for every channel and the mask: about 2% of the image
-    (2.8 px at 128, 5.6 at 256) on average, smoothed over about a thirteenth of it, so tumour outlines bend
+    (2.8 px rms at 128, about 5 at 256) on average, smoothed over about a thirteenth of it, so tumour outlines bend
     while the brain keeps its shape. The displacement grows as alpha / sigma, hence alpha with the size squared.
     Off by default: its cross-validation run (README, run E) scored lower."""
     scale = size / 128

@@ -14,7 +14,7 @@ from helpers.config import Config
 from helpers.data import DataError, load_dataset
 from helpers.export import Deployable, export
 from helpers.inference import predict_masks, predict_probabilities
-from helpers.predict import predict, volume_probabilities
+from helpers.predict import predict, volume_masks, volume_probabilities
 from helpers.scans import find_scans, read_slice
 from helpers.train import train_run
 
@@ -236,3 +236,12 @@ def test_predict_scales_a_volume_as_evaluation_does(synthetic_dir, intensity):
     images = [read_slice(p) for p in rows.image_path]
     np.testing.assert_allclose(np.stack(volume_probabilities(model, images, cfg)),
                                predict_probabilities(model, rows, cfg), atol=1e-6)
+
+
+def test_slices_of_different_sizes_get_the_per_slice_clean_up_holes_filled():
+    ring = np.full((32, 32), 0.9, np.float32)
+    ring[10:20, 10:20] = 0.1  # 100 hole pixels
+    small = np.zeros((24, 24), np.float32)  # another size: no 3-D clean-up possible
+    filled, empty = volume_masks([ring, small], Config())
+    assert filled.all() and not empty.any()
+    assert volume_masks([ring, small], Config(fill_holes=False))[0].sum() == 32 * 32 - 100
