@@ -32,7 +32,8 @@ def build_model(cfg: Config) -> UNet:
     """The U-Net that ``cfg`` describes (widths must be resolved)."""
     if cfg.features is None:
         raise ValueError("cfg.features is not set: call cfg.resolved() first")
-    return UNet(in_channels=cfg.input_channels, out_channels=1, features=cfg.features, norm=cfg.norm)
+    return UNet(in_channels=cfg.input_channels, out_channels=1, features=cfg.features, norm=cfg.norm,
+                dropout=cfg.dropout)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **info: Any) -> None:

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="neighbouring slices on each side as extra input channels (2.5-D); 0 = one slice")
     train.add_argument("--norm", choices=NORMS, default=Config.norm,
                        help="normalisation layers: batch (the seed's) or instance (per slice)")
+    train.add_argument("--dropout", type=float, default=Config.dropout,
+                       help="dropout on the bottleneck's features in training (the U-Net paper: 0.5); 0 = off")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--accumulate", type=int, default=Config.accumulate,
                        help="micro-batches per batch, gradients added up (less memory)")

@@ -55,6 +55,7 @@ class Config:
     context: int = 0  # neighbouring slices on each side given to the model as extra channels (2.5-D); 0 = 2-D
     features: tuple[int, ...] | None = None
     norm: str = "batch"  # the U-Net's normalisation layers: "batch" (the seed's) or "instance" (per slice)
+    dropout: float = 0.0  # dropout on the bottleneck's features in training (the U-Net paper's 0.5); 0 = off
     batch_size: int | None = None  # slices per optimizer step (over all processes under DDP)
     accumulate: int = 1  # split each batch into this many micro-batches, adding up their gradients (less memory)
     epochs: int | None = None
@@ -124,7 +125,7 @@ class Config:
             raise ValueError(f"ema must be in [0, 1) (0 = off; e.g. 0.99), got {self.ema}")
         if not 0.0 <= self.dice_weight <= 1.0:
             raise ValueError(f"dice_weight must be between 0 and 1, got {self.dice_weight}")
-        for name in ("intensity_jitter", "channel_gain", "sequence_dropout", "elastic"):
+        for name in ("intensity_jitter", "channel_gain", "sequence_dropout", "elastic", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.channel_gamma < 0:

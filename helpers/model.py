@@ -48,13 +48,16 @@ class UNet(nn.Module):
     With the seed widths (64, 128, 256, 512) and 3 input channels it has 31,037,633 parameters (either
     ``norm``: both learn a scale and shift per channel).
 
+    ``dropout`` > 0 zeroes that share of the bottleneck's features in training, at the end of the contracting
+    path as in the U-Net paper (0.5 there), so the decoder cannot lean on a few memorised features.
+
     The output bias starts at the logit of :data:`FOREGROUND_PRIOR` (as in RetinaNet) instead of 0: with BCE
     and ~1% tumour pixels, a zero start spends many epochs unlearning "half the image is tumour", and some seeds
     collapse to predicting no tumour at all. Same architecture and parameter count as the seed.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1,
-                 features: Sequence[int] = SEED_FEATURES, norm: str = "batch") -> None:
+                 features: Sequence[int] = SEED_FEATURES, norm: str = "batch", dropout: float = 0.0) -> None:
         super().__init__()
         self.features = tuple(features)
         self.downs = nn.ModuleList()
@@ -64,6 +67,7 @@ class UNet(nn.Module):
             self.downs.append(DoubleConv(in_channels, width, norm))
             in_channels = width
         self.bottleneck = DoubleConv(self.features[-1], self.features[-1] * 2, norm)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         for width in reversed(self.features):
             self.ups.append(nn.ConvTranspose2d(width * 2, width, kernel_size=2, stride=2))
             self.ups.append(DoubleConv(width * 2, width, norm))
@@ -76,7 +80,7 @@ class UNet(nn.Module):
             x = down(x)
             skips.append(x)
             x = self.pool(x)
-        x = self.bottleneck(x)
+        x = self.dropout(self.bottleneck(x))
         for up, conv, skip in zip(self.ups[::2], self.ups[1::2], reversed(skips)):
             x = up(x)
             if x.shape[-2:] != skip.shape[-2:]:

@@ -69,3 +69,19 @@ def test_checkpoint_rebuilds_the_norm_it_was_trained_with(tmp_path):
     assert Config.from_dict(legacy).norm == "batch"  # runs saved before the knob used BatchNorm
     with pytest.raises(ValueError, match="norm must be one of"):
         Config(norm="group")
+
+
+def test_dropout_acts_in_training_only_and_changes_no_weights(tmp_path):
+    plain, dropped = UNet(features=(4, 8, 16, 32)), UNet(features=(4, 8, 16, 32), dropout=0.5)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()  # checkpoints load either way
+    x = torch.randn(2, 3, 32, 32)
+    dropped.train()
+    assert not torch.allclose(dropped(x), dropped(x))
+    dropped.eval()
+    assert torch.equal(dropped(x), dropped(x))
+    cfg = Config(features=(4, 8, 16, 32), image_size=32, dropout=0.5)
+    save_checkpoint(tmp_path / "best.pt", dropped, cfg)
+    loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "best.pt")
+    assert loaded_cfg.dropout == 0.5 and isinstance(loaded.dropout, nn.Dropout)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        Config(dropout=1.0)
