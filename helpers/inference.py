@@ -61,12 +61,17 @@ def make_eval_loader(table: pd.DataFrame, cfg: Config, scales: dict[str, np.ndar
 
 
 def model_logits(model: nn.Module, images: torch.Tensor, cfg: Config, size: tuple[int, int]) -> torch.Tensor:
-    """Logits at ``size``; with ``cfg.tta`` the mean with the prediction for the mirrored slice."""
+    """Logits at ``size``; with ``cfg.tta`` those of the mean probability of the slice and its mirror image.
+
+    Probabilities, not logits, are averaged: where one view is sure (logit 8) and the other is not (-4), the mean
+    logit still says tumour (2), the mean probability is on the fence; on the CV folds the logit mean gained
+    nothing (-0.001), the probability mean +0.008 (README, "Accuracy")."""
     images = to_layout(images, cfg)
     with autocast(cfg):
         logits = model(images).float()
         if cfg.tta:
-            logits = (logits + model(images.flip(-1)).float().flip(-1)) / 2
+            mirrored = model(images.flip(-1)).float().flip(-1)
+            logits = torch.logit((torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2, eps=1e-6)
     if logits.shape[-2:] != size:
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     return logits

@@ -2,11 +2,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from helpers.checkpoint import build_model
 from helpers.config import Config
 from helpers.data import load_dataset
-from helpers.inference import PatientBatches, binarize, choose_threshold, clean_volume, make_eval_loader, slice_counts
+from helpers.inference import (PatientBatches, binarize, choose_threshold, clean_volume, make_eval_loader, model_logits,
+                               slice_counts)
 from helpers.train import LearningRate, make_train_loader
 
 
@@ -119,6 +121,20 @@ def test_threshold_curve_covers_the_candidates(synthetic_dir):
     curve = choose_threshold(build_model(cfg), table, cfg, candidates=(0.3, 0.5, 0.7))
     assert sorted(curve.index) == [0.3, 0.5, 0.7] and curve.is_monotonic_decreasing
     assert ((curve >= 0) & (curve <= 1)).all()
+
+
+def test_flip_tta_averages_the_probabilities_of_a_slice_and_its_mirror_image():
+    torch.manual_seed(0)
+    cfg = Config(image_size=32, features=(4, 8, 16, 32), device="cpu", amp="off", tta=True)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model.final_conv.bias.zero_()  # logits spread far from 0, where means of logits and of probabilities differ
+        model.final_conv.weight.normal_(0, 10)
+        x = torch.randn(2, 3, 32, 32)
+        plain, mirrored = torch.sigmoid(model(x)), torch.sigmoid(model(x.flip(-1))).flip(-1)
+        averaged = torch.sigmoid(model_logits(model, x, cfg, (32, 32)))
+    assert torch.allclose(averaged, (plain + mirrored) / 2, atol=1e-4)
+    assert not torch.allclose(averaged, torch.sigmoid((torch.logit(plain) + torch.logit(mirrored)) / 2), atol=1e-3)
 
 
 def test_bad_recipe_values_are_rejected():
