@@ -72,10 +72,10 @@ class Config:
     tumour_share: float | None = None  # share of tumour slices drawn per epoch; None = as in the data (about 1/3)
     threshold: float = 0.5  # probability above which a pixel is tumour
     tune_threshold: bool = False  # after training, pick the threshold that maximises validation Dice
-    tta: bool = False  # average the prediction with that of the horizontally flipped slice (twice the inference)
+    tta: bool = True  # average the probabilities of the slice and its mirror image (twice the inference)
     min_component: int = 0  # drop predicted 2-D blobs smaller than this many pixels (at 256x256)
-    grow_threshold: float = 0.3  # grow found tumour into the 3-D regions above this lower probability; 0 = off
-    min_volume_share: float = 0.1  # keep 3-D regions with at least this share of the largest one's voxels
+    grow_threshold: float = 0.2  # grow found tumour into the 3-D regions above this lower probability; 0 = off
+    min_volume_share: float = 0.2  # keep 3-D regions with at least this share of the largest one's voxels
     fill_holes: bool = True  # fill holes inside each slice's predicted tumour (the true masks have none)
     val_fraction: float = 0.2  # share of *patients* held out for validation; 0 = train on all, best.pt = last epoch
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint

@@ -58,7 +58,7 @@ def test_clean_volume_keeps_the_main_lesion_across_slices():
     only_main = clean_volume(probs, Config(min_volume_share=0.2))
     assert only_main.sum() == 576 and only_main[1:5, 8:20, 8:20].all()
     assert clean_volume(probs, Config(min_volume_share=0.1)).sum() == 576 + 64
-    assert clean_volume(probs, Config(min_component=20)).sum() == 576 + 64
+    assert clean_volume(probs, Config(min_component=20, min_volume_share=0.1)).sum() == 576 + 64
     assert clean_volume(probs, Config(min_volume_share=1.0), threshold=0.95).sum() == 0
 
 
