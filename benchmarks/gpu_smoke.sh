@@ -31,7 +31,7 @@ cp "$WORK/run/history.csv" "$OUT/history_gpu.csv" 2>/dev/null
 step evaluate 60 $PY -m helpers evaluate --checkpoint "$WORK/run/best.pt" --data-dir "$DATA" \
     --report "$OUT/report_gpu.json"
 step predict 90 $PY -m helpers predict --checkpoint "$WORK/run/best.pt" --input "$DATA" --out "$WORK/pred" \
-    --no-volume-view --quiet
+    --no-tta --no-volume-view --quiet
 cp "$WORK/pred/summary.csv" "$OUT/predict_summary.csv" 2>/dev/null
 step predict_tta 90 $PY -m helpers predict --checkpoint "$WORK/run/best.pt" --input "$DATA" --out "$WORK/pred_tta" \
     --tta --no-volume-view --quiet
