@@ -33,7 +33,7 @@ def build_model(cfg: Config) -> UNet:
     if cfg.features is None:
         raise ValueError("cfg.features is not set: call cfg.resolved() first")
     return UNet(in_channels=cfg.input_channels, out_channels=1, features=cfg.features, norm=cfg.norm,
-                dropout=cfg.dropout)
+                dropout=cfg.dropout, deep_supervision=cfg.deep_supervision)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **info: Any) -> None:

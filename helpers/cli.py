@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="normalisation layers: batch (the seed's) or instance (per slice)")
     train.add_argument("--dropout", type=float, default=Config.dropout,
                        help="dropout on the bottleneck's features in training (the U-Net paper: 0.5); 0 = off")
+    train.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=Config.deep_supervision,
+                       help="add the loss of 1/2- and 1/4-scale outputs of the decoder in training (nnU-Net's)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--accumulate", type=int, default=Config.accumulate,
                        help="micro-batches per batch, gradients added up (less memory)")

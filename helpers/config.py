@@ -56,6 +56,7 @@ class Config:
     features: tuple[int, ...] | None = None
     norm: str = "batch"  # the U-Net's normalisation layers: "batch" (the seed's) or "instance" (per slice)
     dropout: float = 0.0  # dropout on the bottleneck's features in training (the U-Net paper's 0.5); 0 = off
+    deep_supervision: bool = False  # also score the decoder's 1/2 and 1/4 scale outputs in training (nnU-Net's)
     batch_size: int | None = None  # slices per optimizer step (over all processes under DDP)
     accumulate: int = 1  # split each batch into this many micro-batches, adding up their gradients (less memory)
     epochs: int | None = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
@@ -34,10 +35,31 @@ class BCEDiceLoss(nn.Module):
         return (1 - self.w) * self.bce(logits, target) + self.w * self.dice(logits, target)
 
 
+class DeepSupervisionLoss(nn.Module):
+    """``loss`` on the full-scale logits plus, down-weighted, on each coarser output of a deeply supervised U-Net
+    (weights 1, 1/2, 1/4, ... normalised to sum to 1, as in nnU-Net). A coarser output is compared with the mask
+    average-pooled to its size, so a border pixel's target is the tumour share it covers. A plain tensor of
+    logits gets ``loss`` alone."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, target)
+        weights = [0.5 ** k for k in range(len(outputs))]
+        total = sum(weights)
+        return sum(w / total * self.loss(out, F.adaptive_avg_pool2d(target, out.shape[-2:]))
+                   for w, out in zip(weights, outputs))
+
+
 def build_loss(cfg: Config) -> nn.Module:
-    """The loss named by ``cfg.loss``."""
+    """The loss named by ``cfg.loss`` (over all the model's outputs with ``cfg.deep_supervision``)."""
     if cfg.loss == "bce":
-        return nn.BCEWithLogitsLoss()
-    if cfg.loss == "dice":
-        return SoftDiceLoss(recall_weight=cfg.recall_weight)
-    return BCEDiceLoss(cfg.dice_weight, cfg.recall_weight)
+        loss = nn.BCEWithLogitsLoss()
+    elif cfg.loss == "dice":
+        loss = SoftDiceLoss(recall_weight=cfg.recall_weight)
+    else:
+        loss = BCEDiceLoss(cfg.dice_weight, cfg.recall_weight)
+    return DeepSupervisionLoss(loss) if cfg.deep_supervision else loss

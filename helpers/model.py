@@ -51,15 +51,23 @@ class UNet(nn.Module):
     ``dropout`` > 0 zeroes that share of the bottleneck's features in training, at the end of the contracting
     path as in the U-Net paper (0.5 there), so the decoder cannot lean on a few memorised features.
 
+    ``deep_supervision`` adds a 1x1 output conv on the decoder's 1/4- and 1/2-scale levels; in training the
+    model then returns ``(logits, half_scale_logits, quarter_scale_logits)`` for :class:`~helpers.losses.
+    DeepSupervisionLoss`, so the coarse levels learn the mask directly rather than only through the finer ones
+    (nnU-Net's deep supervision). In eval mode it returns the full-scale logits alone, as without it.
+
     The output bias starts at the logit of :data:`FOREGROUND_PRIOR` (as in RetinaNet) instead of 0: with BCE
     and ~1% tumour pixels, a zero start spends many epochs unlearning "half the image is tumour", and some seeds
     collapse to predicting no tumour at all. Same architecture and parameter count as the seed.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1,
-                 features: Sequence[int] = SEED_FEATURES, norm: str = "batch", dropout: float = 0.0) -> None:
+                 features: Sequence[int] = SEED_FEATURES, norm: str = "batch", dropout: float = 0.0,
+                 deep_supervision: bool = False) -> None:
         super().__init__()
         self.features = tuple(features)
+        if deep_supervision and len(self.features) < 3:
+            raise ValueError(f"deep supervision needs at least 3 U-Net levels, got features={self.features}")
         self.downs = nn.ModuleList()
         self.ups = nn.ModuleList()
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
@@ -72,10 +80,14 @@ class UNet(nn.Module):
             self.ups.append(nn.ConvTranspose2d(width * 2, width, kernel_size=2, stride=2))
             self.ups.append(DoubleConv(width * 2, width, norm))
         self.final_conv = nn.Conv2d(self.features[0], out_channels, kernel_size=1)
-        nn.init.constant_(self.final_conv.bias, math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
+        # Heads for the decoder levels at 1/4 and 1/2 scale (the coarsest, 1/8, is too coarse for a 128 px mask).
+        self.aux_convs = nn.ModuleList(nn.Conv2d(width, out_channels, kernel_size=1)
+                                       for width in self.features[1:3]) if deep_supervision else nn.ModuleList()
+        for conv in (self.final_conv, *self.aux_convs):
+            nn.init.constant_(conv.bias, math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        skips, levels = [], []
         for down in self.downs:
             x = down(x)
             skips.append(x)
@@ -88,7 +100,12 @@ class UNet(nn.Module):
                 dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
                 x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
             x = conv(torch.cat((skip, x), dim=1))
-        return self.final_conv(x)
+            levels.append(x)
+        logits = self.final_conv(x)
+        if not (self.training and self.aux_convs):
+            return logits
+        # levels[-2] is the 1/2-scale decoder output (width features[1]), levels[-3] the 1/4-scale one.
+        return (logits, self.aux_convs[0](levels[-2]), self.aux_convs[1](levels[-3]))
 
 
 def count_parameters(model: nn.Module) -> int:

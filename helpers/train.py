@@ -192,8 +192,9 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss
         sync = k == len(chunks) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
             with autocast(cfg):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y) / len(chunks)
+                outputs = model(x)  # logits, or a tuple of them at several scales with deep supervision
+            outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+            loss = loss_fn(outputs, y) / len(chunks)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss is {loss.item() * len(chunks)}")
             scaler.scale(loss).backward()

@@ -1,10 +1,14 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from helpers.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config
+from helpers.data import load_dataset
+from helpers.losses import build_loss
 from helpers.model import UNet, count_parameters
+from helpers.train import train_run
 
 
 def test_seed_unet_has_the_seed_parameter_count():
@@ -85,3 +89,29 @@ def test_dropout_acts_in_training_only_and_changes_no_weights(tmp_path):
     assert loaded_cfg.dropout == 0.5 and isinstance(loaded.dropout, nn.Dropout)
     with pytest.raises(ValueError, match="dropout must be in"):
         Config(dropout=1.0)
+
+
+def test_deep_supervision_scores_coarse_outputs_in_training_only(tmp_path, synthetic_dir):
+    torch.manual_seed(0)
+    model = UNet(features=(4, 8, 16, 32), deep_supervision=True)
+    x = torch.randn(2, 3, 32, 32)
+    full, half, quarter = model.train()(x)
+    assert full.shape == (2, 1, 32, 32) and half.shape == (2, 1, 16, 16) and quarter.shape == (2, 1, 8, 8)
+    model.eval()
+    assert isinstance(model(x), torch.Tensor) and model(x).shape == (2, 1, 32, 32)
+    # The loss: weights 4/7, 2/7, 1/7 on the three scales, each against the mask pooled to its size.
+    mask = (torch.rand(2, 1, 32, 32) > 0.7).float()
+    bce = nn.BCEWithLogitsLoss()
+    expected = (4 * bce(full, mask) + 2 * bce(half, F.avg_pool2d(mask, 2)) + bce(quarter, F.avg_pool2d(mask, 4))) / 7
+    loss = build_loss(Config(loss="bce", deep_supervision=True))
+    assert torch.allclose(loss((full, half, quarter), mask), expected)
+    assert torch.allclose(loss(full, mask), bce(full, mask))  # evaluation's plain logits: the full-scale loss
+    # A deeply supervised run trains, validates, and its checkpoint rebuilds the heads.
+    cfg = Config(run_dir=str(tmp_path / "ds"), image_size=32, features=(4, 8, 16, 32), device="cpu", epochs=2,
+                 deep_supervision=True)
+    result = train_run(cfg, load_dataset(synthetic_dir), progress=False)
+    assert len(result.history) == 2 and result.history["train_loss"].notna().all()
+    loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "ds" / "best.pt")
+    assert loaded_cfg.deep_supervision and len(loaded.aux_convs) == 2
+    with pytest.raises(ValueError, match="at least 3 U-Net levels"):
+        UNet(features=(4, 8), deep_supervision=True)
