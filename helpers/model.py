@@ -100,7 +100,8 @@ class UNet(nn.Module):
                 dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
                 x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
             x = conv(torch.cat((skip, x), dim=1))
-            levels.append(x)
+            if self.aux_convs:  # kept only for the heads, so plain inference frees each level as it goes
+                levels.append(x)
         logits = self.final_conv(x)
         if not (self.training and self.aux_convs):
             return logits
