@@ -175,7 +175,7 @@ def run(cfg: Config, data_dir: str | None = None, steps: int = 10, seed_unet: bo
         result["speedup_over_seed_style"] = result["end_to_end_images_per_s"] / result["seed_style_images_per_s"]
 
         if seed_unet:  # the seed's own U-Net, whatever the config's widths: the model the FLOP target is about
-            big = dataclasses.replace(cfg, image_size=256, features=(64, 128, 256, 512),
+            big = dataclasses.replace(cfg, image_size=256, features=(64, 128, 256, 512), ensemble=1,
                                       batch_size=cfg.batch_size if device.type == "cuda" else 4)
             big_flops = train_flops_per_image(big)
             result["seed_unet_gflop_per_image"] = big_flops / 1e9
@@ -185,8 +185,8 @@ def run(cfg: Config, data_dir: str | None = None, steps: int = 10, seed_unet: bo
             if "peak_gflops_bf16" in result and amp_dtype(big) == torch.bfloat16:
                 result["seed_unet_fraction_of_bf16_peak"] = achieved / result["peak_gflops_bf16"]
         result["config"] = {k: v for k, v in cfg.to_dict().items()
-                            if k in ("image_size", "features", "batch_size", "amp", "channels_last", "workers",
-                                     "cache", "augment", "intensity", "compile", "device")}
+                            if k in ("image_size", "features", "ensemble", "batch_size", "amp", "channels_last",
+                                     "workers", "cache", "augment", "intensity", "compile", "device")}
         return result
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .model import UNet
+from .model import Ensemble, UNet
 
 
 class CheckpointError(ValueError):
@@ -28,12 +28,18 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def build_model(cfg: Config) -> UNet:
-    """The U-Net that ``cfg`` describes (widths must be resolved)."""
+def build_model(cfg: Config) -> UNet | Ensemble:
+    """The U-Net that ``cfg`` describes (widths must be resolved), or with ``cfg.ensemble`` > 1 an
+    :class:`~helpers.model.Ensemble` of that many, each with its own random initial weights (an unresolved
+    ``ensemble``, None, is one U-Net)."""
     if cfg.features is None:
         raise ValueError("cfg.features is not set: call cfg.resolved() first")
-    return UNet(in_channels=cfg.input_channels, out_channels=1, features=cfg.features, norm=cfg.norm,
-                dropout=cfg.dropout, deep_supervision=cfg.deep_supervision)
+
+    def unet() -> UNet:
+        return UNet(in_channels=cfg.input_channels, out_channels=1, features=cfg.features, norm=cfg.norm,
+                    dropout=cfg.dropout, deep_supervision=cfg.deep_supervision)
+
+    return Ensemble([unet() for _ in range(cfg.ensemble)]) if (cfg.ensemble or 1) > 1 else unet()
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **info: Any) -> None:
@@ -66,7 +72,8 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return state
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, Config, dict[str, Any]]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[UNet | Ensemble, Config, dict[str, Any]]:
     """Rebuild the model from a checkpoint; returns (model in eval mode, its config, the other saved fields)."""
     state = read_checkpoint(path, device)
     try:

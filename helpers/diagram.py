@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from .model import UNet, count_parameters
+from .model import Ensemble, UNet, count_parameters
 
 
 def _blocks(model: UNet) -> tuple[list[tuple[int, int]], tuple[int, int], list[tuple[int, int]], int]:
@@ -17,9 +17,12 @@ def _blocks(model: UNet) -> tuple[list[tuple[int, int]], tuple[int, int], list[t
             model.final_conv.out_channels)
 
 
-def draw_unet(model: UNet, image_size: int = 256) -> Figure:
-    """A U-shaped diagram: encoder down the left, bottleneck at the bottom, decoder up the right."""
-    downs, bottleneck, ups, out_channels = _blocks(model)
+def draw_unet(model: UNet | Ensemble, image_size: int = 256) -> Figure:
+    """A U-shaped diagram: encoder down the left, bottleneck at the bottom, decoder up the right (for an
+    ensemble, one of its identical-looking members, the title says how many)."""
+    members = len(model.members) if isinstance(model, Ensemble) else 1
+    unet = model.members[0] if isinstance(model, Ensemble) else model
+    downs, bottleneck, ups, out_channels = _blocks(unet)
     levels = len(downs)
     fig, ax = plt.subplots(figsize=(3.2 * levels + 4, 1.6 * levels + 2))
     dx, dy, w = 1.6, 1.6, 1.0
@@ -61,8 +64,9 @@ def draw_unet(model: UNet, image_size: int = 256) -> Figure:
     for k, (text, color) in enumerate(legend):
         ax.text(x_out + 0.2 - 2.6 * dx, -levels * dy + 0.2 + 0.45 * (len(legend) - k), "■ " + text, color=color,
                 fontsize=9, va="center")
-    ax.set_title(f"U-Net, widths {'-'.join(str(c) for _, c in downs)}-{bottleneck[1]}, "
-                 f"{count_parameters(model):,} parameters", fontsize=12)
+    ax.set_title(f"{f'{members} x ' if members > 1 else ''}U-Net, widths "
+                 f"{'-'.join(str(c) for _, c in downs)}-{bottleneck[1]}, {count_parameters(model):,} parameters",
+                 fontsize=12)
     ax.set_xlim(x_in - 1, x_out + 1)
     ax.set_ylim(-levels * dy - 1.0, 0.8)
     ax.set_aspect("equal")

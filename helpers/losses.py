@@ -54,12 +54,30 @@ class DeepSupervisionLoss(nn.Module):
                    for w, out in zip(weights, outputs))
 
 
+class EnsembleLoss(nn.Module):
+    """The mean of ``loss`` over the members' logits of a training :class:`~helpers.model.Ensemble`: each member's
+    gradient comes from its own output alone, as if it were trained by itself. A plain tensor (the ensemble's
+    averaged output, in evaluation) gets ``loss`` alone."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, target)
+        return sum(self.loss(out, target) for out in outputs) / len(outputs)
+
+
 def build_loss(cfg: Config) -> nn.Module:
-    """The loss named by ``cfg.loss`` (over all the model's outputs with ``cfg.deep_supervision``)."""
+    """The loss named by ``cfg.loss``, over all the model's outputs with ``cfg.deep_supervision`` or an
+    ``cfg.ensemble`` of U-Nets."""
     if cfg.loss == "bce":
         loss = nn.BCEWithLogitsLoss()
     elif cfg.loss == "dice":
         loss = SoftDiceLoss(recall_weight=cfg.recall_weight)
     else:
         loss = BCEDiceLoss(cfg.dice_weight, cfg.recall_weight)
-    return DeepSupervisionLoss(loss) if cfg.deep_supervision else loss
+    if cfg.deep_supervision:
+        loss = DeepSupervisionLoss(loss)
+    return EnsembleLoss(loss) if cfg.ensemble is not None and cfg.ensemble > 1 else loss

@@ -112,3 +112,29 @@ class UNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Ensemble(nn.Module):
+    """Independently initialised U-Nets (``members``) trained side by side on the same patients; their tumour
+    probabilities are averaged.
+
+    In eval mode it returns the logit of the members' mean probability, so everything that takes a U-Net's
+    logits (validation, ``evaluate``, ``predict``, the exports) takes an ensemble unchanged. In training mode it
+    returns the tuple of the members' logits, for :class:`~helpers.losses.EnsembleLoss`: each member learns from
+    its own loss, as if trained alone. Models of a few patients disagree a lot from one seed to the next
+    (README, "Accuracy"); their average is steadier than any one of them.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = tuple(member(x) for member in self.members)
+        if self.training:
+            return outputs
+        probs = torch.stack([torch.sigmoid(out.float()) for out in outputs]).mean(0)
+        probs = probs.clamp(1e-6, 1 - 1e-6)
+        return torch.log(probs / (1 - probs))  # the logit, in operators every ONNX runtime has

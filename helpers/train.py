@@ -192,7 +192,7 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss
         sync = k == len(chunks) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
             with autocast(cfg):
-                outputs = model(x)  # logits, or a tuple of them at several scales with deep supervision
+                outputs = model(x)  # logits, or a tuple of them (deep supervision's scales, an ensemble's members)
             outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
             loss = loss_fn(outputs, y) / len(chunks)
             if not torch.isfinite(loss):
@@ -324,7 +324,8 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         f"{train_table['patient'].nunique()} patients / {len(train_table)} slices, "
         + (f"validating on {val_table['patient'].nunique()} patients / {len(val_table)} slices, " if validating
            else "no validation patients (best.pt will be the last epoch), ") +
-        f"{cfg.image_size}px, widths {cfg.features}, {cfg.epochs} epochs, precision {amp_dtype(cfg) or 'fp32'}"
+        f"{cfg.image_size}px, widths {cfg.features}{f' x {cfg.ensemble} U-Nets' if (cfg.ensemble or 1) > 1 else ''}, "
+        f"{cfg.epochs} epochs, precision {amp_dtype(cfg) or 'fp32'}"
         + (f", {cache.nbytes / 2**20:.0f} MiB of slices cached" if cache is not None else ""))
 
     rows, best_dice, best_epoch, finished = [], -1.0, 0, False

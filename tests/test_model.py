@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,3 +117,56 @@ def test_deep_supervision_scores_coarse_outputs_in_training_only(tmp_path, synth
     assert loaded_cfg.deep_supervision and len(loaded.aux_convs) == 2
     with pytest.raises(ValueError, match="at least 3 U-Net levels"):
         UNet(features=(4, 8), deep_supervision=True)
+
+
+def test_an_ensemble_averages_its_members_and_trains_each_on_its_own_loss(tmp_path, synthetic_dir):
+    import copy
+    import warnings
+
+    from helpers.checkpoint import build_model
+    from helpers.export import export
+    from helpers.model import Ensemble
+
+    torch.manual_seed(0)
+    cfg = Config(image_size=32, features=(4, 8, 16, 32), batch_size=4, ensemble=2, device="cpu", amp="off",
+                 mean=(0.3,) * 3, std=(0.2,) * 3).resolved()
+    model = build_model(cfg)
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    x, mask = torch.randn(4, 3, 32, 32), (torch.rand(4, 1, 32, 32) > 0.8).float()
+    first, second = model.eval().members[0](x), model.members[1](x)
+    assert not torch.allclose(first, second)  # each member starts from its own random weights
+    mean_prob = (torch.sigmoid(first) + torch.sigmoid(second)) / 2
+    assert torch.allclose(torch.sigmoid(model(x)), mean_prob, atol=1e-6)
+    # Training: the members' logits, each scored on its own; the loss is their mean.
+    outputs = model.train()(x)
+    bce = nn.BCEWithLogitsLoss()
+    loss = build_loss(dataclasses.replace(cfg, loss="bce"))
+    expected = (bce(outputs[0], mask) + bce(outputs[1], mask)) / 2
+    assert len(outputs) == 2 and torch.allclose(loss(outputs, mask), expected)
+    # Each member's gradient comes from its own output alone: member 0's is that of its own loss, halved.
+    alone = copy.deepcopy(model.members[0])
+    loss(outputs, mask).backward()
+    (bce(alone(x), mask) / 2).backward()
+    for a, b in zip(model.members[0].parameters(), alone.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-7)
+    # A run trains and validates the pair; its checkpoint rebuilds both, and the exports average them too.
+    run = Config(run_dir=str(tmp_path / "ens"), image_size=32, features=(4, 8, 16, 32), device="cpu", epochs=2,
+                 ensemble=2)
+    result = train_run(run, load_dataset(synthetic_dir), progress=False)
+    assert len(result.history) == 2 and result.history["val_dice"].notna().all()
+    loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "ens" / "best.pt")
+    assert loaded_cfg.ensemble == 2 and isinstance(loaded, Ensemble) and len(loaded.members) == 2
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), result.model.cpu().eval()(x), atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checks = export(loaded, loaded_cfg, tmp_path / "export")
+    assert checks["torchscript"]["max_abs_diff"] < 1e-6 and checks["onnx"]["max_abs_diff"] < 1e-4, checks
+    with pytest.raises(ValueError, match="ensemble must be a positive"):
+        Config(ensemble=0)
+    with pytest.raises(ValueError, match="deep_supervision works on a single U-Net"):
+        Config(ensemble=2, deep_supervision=True)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        Ensemble([UNet(features=(4, 8))])
+    legacy = {k: v for k, v in loaded_cfg.to_dict().items() if k != "ensemble"}  # written before ensembles
+    assert Config.from_dict(legacy).ensemble == 1

@@ -59,7 +59,7 @@ def test_flop_count_covers_forward_and_backward():
 def test_bench_writes_every_figure(synthetic_dir, tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--data-dir", str(synthetic_dir), "--image-size", "32", "--features", "4,8,16,32",
-                 "--batch-size", "8", "--steps", "2", "--no-seed-unet", "--json", str(out)]) == 0
+                 "--batch-size", "8", "--steps", "2", "--no-seed-unet", "--ensemble", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     for key in ("peak_gflops", "model_gflop_per_image", "model_step_images_per_s", "end_to_end_images_per_s",
                 "end_to_end_over_model_step", "fraction_of_peak", "seed_style_images_per_s",
@@ -70,3 +70,4 @@ def test_bench_writes_every_figure(synthetic_dir, tmp_path):
     assert result["fraction_of_peak"] == pytest.approx(
         result["model_gflop_per_image"] * result["model_step_images_per_s"] / result["peak_gflops"])
     assert result["device"] and result["config"]["image_size"] == 32 and result["config"]["batch_size"] == 8
+    assert result["config"]["ensemble"] == 2  # the pair's step, its members in threads of their own
