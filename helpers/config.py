@@ -21,16 +21,13 @@ def gpu_loader_workers() -> int:
 
 # The seed's U-Net at full resolution: what a GPU trains with when the user sets nothing.
 GPU_DEFAULTS = {"image_size": 256, "features": (64, 128, 256, 512), "batch_size": 16, "epochs": 30,
-                "lr": 1e-3, "workers": gpu_loader_workers(), "ensemble": 1}
+                "lr": 1e-3, "workers": gpu_loader_workers()}
 # Sized so that 2 CPU cores train the real sample in minutes (40 epochs of its 12 training patients take about
-# 5 minutes per U-Net in bf16); see README "Config knobs". Loader workers would only compete with the model for the cores.
-# ensemble=2: two U-Nets that share the time budget, each trained for about half the steps one would get alone;
-# with ten-odd training patients the pair's averaged probabilities score better (README, "Accuracy").
+# 5 minutes in bf16); see README "Config knobs". Loader workers would only compete with the model for the cores.
 CPU_DEFAULTS = {"image_size": 128, "features": (16, 32, 64, 128), "batch_size": 16, "epochs": 40,
-                "lr": 3e-3, "workers": 0, "ensemble": 2}
+                "lr": 3e-3, "workers": 0}
 # Synthetic tiles are easy: a laptop learns them in well under a minute at this size.
-SYNTHETIC_CPU_DEFAULTS = {**CPU_DEFAULTS, "image_size": 64, "features": (8, 16, 32, 64), "epochs": 20,
-                          "ensemble": 1}
+SYNTHETIC_CPU_DEFAULTS = {**CPU_DEFAULTS, "image_size": 64, "features": (8, 16, 32, 64), "epochs": 20}
 
 AUTO_FIELDS = tuple(GPU_DEFAULTS)
 LOSSES = ("bce", "dice", "bce_dice")
@@ -60,7 +57,7 @@ class Config:
     norm: str = "batch"  # the U-Net's normalisation layers: "batch" (the seed's) or "instance" (per slice)
     dropout: float = 0.0  # dropout on the bottleneck's features in training (the U-Net paper's 0.5); 0 = off
     deep_supervision: bool = False  # also score the decoder's 1/2 and 1/4 scale outputs in training (nnU-Net's)
-    ensemble: int | None = None  # U-Nets trained side by side from different initial weights, probabilities averaged
+    ensemble: int = 1  # U-Nets trained side by side from their own initial weights, probabilities averaged
     batch_size: int | None = None  # slices per optimizer step (over all processes under DDP)
     accumulate: int = 1  # split each batch into this many micro-batches, adding up their gradients (less memory)
     epochs: int | None = None
@@ -150,9 +147,9 @@ class Config:
             raise ValueError("tumour_mix works on single slices; set context=0 or tumour_mix=0")
         if self.context < 0:
             raise ValueError(f"context must be 0 (one slice) or a positive number of slices, got {self.context}")
-        if self.ensemble is not None and self.ensemble < 1:
+        if self.ensemble < 1:
             raise ValueError(f"ensemble must be a positive number of U-Nets (1 = a single one), got {self.ensemble}")
-        if self.ensemble is not None and self.ensemble > 1 and self.deep_supervision:
+        if self.ensemble > 1 and self.deep_supervision:
             raise ValueError("deep_supervision works on a single U-Net; set ensemble=1 or deep_supervision=False")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -197,9 +194,8 @@ class Config:
     def from_dict(cls, values: dict[str, Any]) -> "Config":
         known = {f.name for f in dataclasses.fields(cls)}
         # Runs saved before these knobs existed trained with the plain Dice, without a moving average and with
-        # one normalisation for the whole dataset, and were scored without filling holes; each held one U-Net.
-        values = {"recall_weight": 0.5, "ema": 0.0, "intensity": "dataset", "fill_holes": False, "ensemble": 1,
-                  **values}
+        # one normalisation for the whole dataset, and were scored without filling holes.
+        values = {"recall_weight": 0.5, "ema": 0.0, "intensity": "dataset", "fill_holes": False, **values}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def save(self, path: str | Path) -> None:

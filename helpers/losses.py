@@ -80,4 +80,4 @@ def build_loss(cfg: Config) -> nn.Module:
         loss = BCEDiceLoss(cfg.dice_weight, cfg.recall_weight)
     if cfg.deep_supervision:
         loss = DeepSupervisionLoss(loss)
-    return EnsembleLoss(loss) if cfg.ensemble is not None and cfg.ensemble > 1 else loss
+    return EnsembleLoss(loss) if cfg.ensemble > 1 else loss
