@@ -35,37 +35,38 @@ class BCEDiceLoss(nn.Module):
         return (1 - self.w) * self.bce(logits, target) + self.w * self.dice(logits, target)
 
 
-class DeepSupervisionLoss(nn.Module):
-    """``loss`` on the full-scale logits plus, down-weighted, on each coarser output of a deeply supervised U-Net
-    (weights 1, 1/2, 1/4, ... normalised to sum to 1, as in nnU-Net). A coarser output is compared with the mask
-    average-pooled to its size, so a border pixel's target is the tumour share it covers. A plain tensor of
-    logits gets ``loss`` alone."""
+class MultiOutputLoss(nn.Module):
+    """``loss`` over a model that returns a tuple of logits in training: a plain tensor of logits (evaluation) gets
+    ``loss`` alone, a tuple what :meth:`combine` makes of it."""
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
         self.loss = loss
 
     def forward(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
-        if isinstance(outputs, torch.Tensor):
-            return self.loss(outputs, target)
+        return self.loss(outputs, target) if isinstance(outputs, torch.Tensor) else self.combine(outputs, target)
+
+    def combine(self, outputs: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DeepSupervisionLoss(MultiOutputLoss):
+    """``loss`` on the full-scale logits plus, down-weighted, on each coarser output of a deeply supervised U-Net
+    (weights 1, 1/2, 1/4, ... normalised to sum to 1, as in nnU-Net). A coarser output is compared with the mask
+    average-pooled to its size, so a border pixel's target is the tumour share it covers."""
+
+    def combine(self, outputs: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
         weights = [0.5 ** k for k in range(len(outputs))]
         total = sum(weights)
         return sum(w / total * self.loss(out, F.adaptive_avg_pool2d(target, out.shape[-2:]))
                    for w, out in zip(weights, outputs))
 
 
-class EnsembleLoss(nn.Module):
+class EnsembleLoss(MultiOutputLoss):
     """The mean of ``loss`` over the members' logits of a training :class:`~helpers.model.Ensemble`: each member's
-    gradient comes from its own output alone, as if it were trained by itself. A plain tensor (the ensemble's
-    averaged output, in evaluation) gets ``loss`` alone."""
+    gradient comes from its own output alone, as if it were trained by itself."""
 
-    def __init__(self, loss: nn.Module) -> None:
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
-        if isinstance(outputs, torch.Tensor):
-            return self.loss(outputs, target)
+    def combine(self, outputs: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
         return sum(self.loss(out, target) for out in outputs) / len(outputs)
 
 
