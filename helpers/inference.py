@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 from .config import Config
 from .data import SliceCache, SliceDataset, scales_for
 from .metrics import overlap_counts, patient_dice, summarize
+from .model import mean_probability_logits
 from .precision import autocast, place_model, to_layout
 from .transforms import eval_transform
 
@@ -71,7 +72,7 @@ def model_logits(model: nn.Module, images: torch.Tensor, cfg: Config, size: tupl
         logits = model(images).float()
         if cfg.tta:
             mirrored = model(images.flip(-1)).float().flip(-1)
-            logits = torch.logit((torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2, eps=1e-6)
+            logits = mean_probability_logits([logits, mirrored])
     if logits.shape[-2:] != size:
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     return logits

@@ -109,6 +109,14 @@ class UNet(nn.Module):
         return (logits, self.aux_convs[0](levels[-2]), self.aux_convs[1](levels[-3]))
 
 
+def mean_probability_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The logit of the mean of several predictions' probabilities (flip TTA's views, an ensemble's members), in
+    fp32 and with operators every ONNX runtime has. Probabilities, not logits, are averaged: one view sure of
+    tumour (logit 8) would otherwise outvote one sure of none (-4)."""
+    probs = torch.stack([torch.sigmoid(out.float()) for out in logits]).mean(0).clamp(1e-6, 1 - 1e-6)
+    return torch.log(probs / (1 - probs))
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -133,8 +141,4 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         outputs = tuple(member(x) for member in self.members)
-        if self.training:
-            return outputs
-        probs = torch.stack([torch.sigmoid(out.float()) for out in outputs]).mean(0)
-        probs = probs.clamp(1e-6, 1 - 1e-6)
-        return torch.log(probs / (1 - probs))  # the logit, in operators every ONNX runtime has
+        return outputs if self.training else mean_probability_logits(outputs)
