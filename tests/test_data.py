@@ -78,6 +78,23 @@ def test_split_keeps_patients_whole_and_is_reproducible(synthetic_dir):
         split_patients(table[table["patient"] == table["patient"].iloc[0]], 0.2, 0)
 
 
+def test_split_takes_validation_from_the_largest_institutions(synthetic_dir):
+    table = load_dataset(synthetic_dir)
+    patients = sorted(table["patient"].unique())
+    sizes = {"AA": 3, "BB": 2, "CC": 1}  # as in the sample, a rare institution must keep its patients in training
+    names = [name for name, n in sizes.items() for _ in range(n)]
+    table["institution"] = table["patient"].map(dict(zip(patients, names, strict=True)))
+    drawn = set()
+    for seed in range(10):
+        train, val = split_patients(table, 0.34, seed)
+        assert set(train["patient"]).isdisjoint(val["patient"]) and len(train) + len(val) == len(table)
+        counts = val.groupby("patient")["institution"].first().value_counts().to_dict()
+        # two picks from the largest left: AA (3 -> 2), then AA or BB (2 each); never CC
+        assert counts.get("AA", 0) >= 1 and sum(counts.values()) == 2 and "CC" not in counts
+        drawn.add(tuple(sorted(val["patient"].unique())))
+    assert len(drawn) > 3  # the seed draws which patients
+
+
 def test_k_fold_validates_every_patient_exactly_once(real_sample_or_synthetic):
     from helpers.data import patient_folds
 
