@@ -172,9 +172,9 @@ def split_patients(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple
 
     Each validation patient is taken from the institution with the most patients still in training (ties, and
     the patient within it, drawn from ``seed``), so institutions with one or two patients keep them for training:
-    validation only picks the epoch, while a scanner the model never trains on costs its patients' scores. In the
-    15-patient sample (Duke 6, Henry Ford 5, CS 2, FG 2) validation takes two Duke and one Henry Ford patient; a
-    plain random draw took one of the two CS and one of the two FG patients with seed 0.
+    validation only picks the epoch, while an institution the model has seen little of costs its patients' scores.
+    In the 15-patient sample (Duke 6, Henry Ford 5, CS 2, FG 2) validation takes two Duke and one Henry Ford
+    patient; a plain random draw took one of the two CS and one of the two FG patients with seed 0.
     """
     if val_fraction == 0:
         return table.reset_index(drop=True), table.iloc[:0].reset_index(drop=True)
