@@ -88,6 +88,7 @@ class Config:
     channel_gain: float = 0.2  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
     channel_gamma: float = 0.0  # each channel's gamma drawn from [1 / (1 + g), 1 + g], in training: contrast differs
     sequence_dropout: float = 0.0  # share of training slices with one MR sequence blanked to its mean; 0 = off
+    bias_field: float = 0.0  # a smooth random gain field per channel, within exp(+-b), in training (coil); 0 = off
     elastic: float = 0.0  # share of training slices given a smooth random (elastic) deformation; 0 = off
     intensity: str = "landmarks"  # per patient and channel, brain median and 99th percentile each to a fixed level;
     # "volume": by the 99th percentile alone; "brain": by the brain median alone; "dataset": one normalisation for all
@@ -130,6 +131,8 @@ class Config:
         for name in ("intensity_jitter", "channel_gain", "sequence_dropout", "elastic", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.bias_field <= 1.0:
+            raise ValueError(f"bias_field must be in [0, 1] (the largest log-gain; 0 = off), got {self.bias_field}")
         if self.channel_gamma < 0:
             raise ValueError(f"channel_gamma must be 0 (off) or positive, got {self.channel_gamma}")
         if not 0.0 <= self.select_after <= 1.0:

@@ -4,6 +4,7 @@ Every geometric transform moves the image and its mask together; intensity trans
 """
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
@@ -82,6 +83,45 @@ class SequenceDropout(A.ImageOnlyTransform):
         return out
 
 
+@functools.lru_cache(maxsize=8)
+def _polynomial_basis(shape: tuple[int, int], terms: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """x**i * y**j for each (i, j) of ``terms`` over a (H, W) grid spanning [-1, 1]: shape (H, W, terms)."""
+    y, x = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij")
+    return np.stack([x**i * y**j for i, j in terms], axis=-1)
+
+
+class BiasField(A.ImageOnlyTransform):
+    """A smooth random gain field per channel, as a receive coil's uneven sensitivity makes one (MRI's bias field):
+    the log-gain is a random cubic polynomial of the position, scaled so that its largest excursion over the slice
+    is drawn from [0, ``limit``]; gains then lie within [exp(-limit), exp(limit)]. On uint8 images.
+
+    After TorchIO's ``RandomBiasField`` and MONAI's ``RandBiasField``: the sample's failures are scanner-specific,
+    and one side of a slice brighter than the other is what ten-odd training patients cannot show."""
+
+    def __init__(self, limit: float = 0.3, order: int = 3, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        if not limit > 0:
+            raise ValueError(f"BiasField limit must be positive, got {limit}")
+        self.limit, self.order = limit, order
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        image = data["image"]
+        channels = image.shape[-1] if image.ndim == 3 else 1
+        terms = tuple((i, j) for i in range(self.order + 1) for j in range(self.order + 1 - i) if i + j > 0)
+        coefficients = self.random_generator.uniform(-1, 1, size=(channels, len(terms)))
+        strengths = self.random_generator.uniform(0, self.limit, size=channels)
+        return {"terms": terms, "coefficients": coefficients, "strengths": strengths}
+
+    def apply(self, img: np.ndarray, terms: list, coefficients: np.ndarray, strengths: np.ndarray,
+              **params) -> np.ndarray:
+        log_gain = _polynomial_basis(img.shape[:2], tuple(terms)) @ coefficients.T.astype(np.float32)
+        peak = np.abs(log_gain).max(axis=(0, 1))
+        log_gain *= (strengths / np.where(peak > 0, peak, 1)).astype(np.float32)
+        gain = np.exp(log_gain)
+        out = img.astype(np.float32) * (gain if img.ndim == 3 else gain[..., 0])
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 def _elastic(size: int, p: float) -> A.ElasticTransform:
     """A smooth random displacement field, the same for every channel and the mask: about 2% of the image
     (2.8 px rms at 128, about 5 at 256) on average, smoothed over about a thirteenth of it, so tumour outlines bend
@@ -125,6 +165,8 @@ def train_transform(cfg: Config) -> A.Compose:
                                                per_channel=True, elementwise=False, p=0.5))
     if cfg.channel_gamma > 0:
         intensity.append(ChannelGamma(cfg.channel_gamma, p=0.5))
+    if cfg.bias_field > 0:
+        intensity.append(BiasField(cfg.bias_field, p=0.5))
     if strong:
         intensity += [A.RandomGamma(gamma_limit=(70, 150), p=0.3),
                       A.GaussNoise(std_range=(0.0, 0.04), p=0.15),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from helpers.config import Config
-from helpers.transforms import eval_transform, train_transform
+from helpers.transforms import BiasField, eval_transform, train_transform
 
 
 def _square_slice(rng):
@@ -140,3 +140,31 @@ def test_elastic_bends_image_and_mask_together_by_about_two_percent(size):
     assert max(outlines) < 0.005  # off by rounding at the outline only
     with pytest.raises(ValueError, match="elastic"):
         Config(elastic=1.0)
+
+
+def test_bias_field_is_a_smooth_bounded_gain_per_channel():
+    cfg = Config(image_size=128, mean=(0.0,) * 3, std=(1 / 255,) * 3, augment="light", intensity_jitter=0.0,
+                 channel_gain=0.0, bias_field=0.3)
+    (field,) = [t for t in train_transform(cfg).transforms if isinstance(t, BiasField)]
+    assert field.p == 0.5 and field.limit == 0.3
+    field.p = 1.0
+    image = np.full((128, 128, 3), 100, np.uint8)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[40:80, 40:80] = 1
+    peaks = []
+    for seed in range(20):
+        field.set_random_seed(seed)
+        out = field(image=image, mask=mask)
+        gain = out["image"].astype(np.float64) / 100
+        assert np.array_equal(out["mask"], mask)  # an intensity change only
+        assert gain.min() >= np.exp(-0.3) - 0.01 and gain.max() <= np.exp(0.3) + 0.01
+        assert np.abs(np.diff(gain, axis=0)).max() < 0.03 and np.abs(np.diff(gain, axis=1)).max() < 0.03  # smooth
+        peaks.append(np.abs(np.log(gain)).max(axis=(0, 1)))
+        assert not np.allclose(gain[..., 0], gain[..., 1], atol=0.02)  # each sequence its own field
+    assert 0.2 < np.max(peaks) <= 0.31 and np.min(peaks) < 0.15  # strengths drawn from [0, limit]
+    field.set_random_seed(3)
+    first = field(image=image)["image"]
+    field.set_random_seed(3)
+    assert np.array_equal(first, field(image=image)["image"])  # seeded
+    with pytest.raises(ValueError, match="bias_field"):
+        Config(bias_field=1.5)
