@@ -168,3 +168,13 @@ def test_bias_field_is_a_smooth_bounded_gain_per_channel():
     assert np.array_equal(first, field(image=image)["image"])  # seeded
     with pytest.raises(ValueError, match="bias_field"):
         Config(bias_field=1.5)
+
+
+def test_bias_field_is_shared_by_the_slices_of_a_sequence_in_2_5_d():
+    field = BiasField(0.3, sequences=3, p=1.0)
+    field.set_random_seed(0)
+    gain = field(image=np.full((64, 64, 9), 100, np.uint8))["image"].astype(np.float64) / 100
+    for sequence in range(3):
+        assert np.array_equal(gain[..., sequence], gain[..., sequence + 3])
+        assert np.array_equal(gain[..., sequence], gain[..., sequence + 6])
+    assert not np.allclose(gain[..., 0], gain[..., 1], atol=0.02)
