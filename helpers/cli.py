@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sequence-dropout", type=float, default=Config.sequence_dropout,
                        help="share of training slices with one MR sequence blanked to its mean")
     train.add_argument("--bias-field", type=float, default=Config.bias_field,
-                       help="smooth random gain field per channel (MRI bias field): gains within exp(+-b)")
+                       help="smooth random gain field per MR sequence (MRI bias field): gains within exp(+-b)")
     train.add_argument("--elastic", type=float, default=Config.elastic,
                        help="share of training slices given a smooth random (elastic) deformation")
     train.add_argument("--quiet", action="store_true", help="no progress bars")

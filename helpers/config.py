@@ -88,7 +88,7 @@ class Config:
     channel_gain: float = 0.2  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
     channel_gamma: float = 0.0  # each channel's gamma drawn from [1 / (1 + g), 1 + g], in training: contrast differs
     sequence_dropout: float = 0.0  # share of training slices with one MR sequence blanked to its mean; 0 = off
-    bias_field: float = 0.0  # a smooth random gain field per channel, within exp(+-b), in training (coil); 0 = off
+    bias_field: float = 0.0  # a smooth random gain field per MR sequence, within exp(+-b), in training (coil); 0 = off
     elastic: float = 0.0  # share of training slices given a smooth random (elastic) deformation; 0 = off
     intensity: str = "landmarks"  # per patient and channel, brain median and 99th percentile each to a fixed level;
     # "volume": by the 99th percentile alone; "brain": by the brain median alone; "dataset": one normalisation for all

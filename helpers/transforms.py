@@ -91,9 +91,9 @@ def _polynomial_basis(shape: tuple[int, int], terms: tuple[tuple[int, int], ...]
 
 
 class BiasField(A.ImageOnlyTransform):
-    """A smooth random gain field per channel, as a receive coil's uneven sensitivity makes one (MRI's bias field):
-    the log-gain is a random cubic polynomial of the position, scaled so that its largest excursion over the slice
-    is drawn from [0, ``limit``]; gains then lie within [exp(-limit), exp(limit)]. On uint8 images.
+    """A smooth random gain field per MR sequence, as a receive coil's uneven sensitivity makes one (MRI's bias
+    field): the log-gain is a random cubic polynomial of the position, scaled so that its largest excursion over the
+    slice is drawn from [0, ``limit``]; gains then lie within [exp(-limit), exp(limit)]. On uint8 images.
 
     With a 2.5-D input (channels ordered slice by slice, ``sequences`` per slice) each sequence has one field for
     all its slices. After TorchIO's ``RandomBiasField`` and MONAI's ``RandBiasField``: the sample's failures are
