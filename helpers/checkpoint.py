@@ -30,7 +30,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def build_model(cfg: Config) -> UNet | Ensemble:
     """The U-Net that ``cfg`` describes (widths must be resolved), or with ``cfg.ensemble`` > 1 an
-    :class:`~helpers.model.Ensemble` of that many, each with its own random initial weights."""
+    :class:`~helpers.model.Ensemble` of that many, each with its own random initial weights (an unresolved
+    ``ensemble`` of None builds one U-Net)."""
     if cfg.features is None:
         raise ValueError("cfg.features is not set: call cfg.resolved() first")
 
@@ -38,7 +39,8 @@ def build_model(cfg: Config) -> UNet | Ensemble:
         return UNet(in_channels=cfg.input_channels, out_channels=1, features=cfg.features, norm=cfg.norm,
                     dropout=cfg.dropout, deep_supervision=cfg.deep_supervision)
 
-    return Ensemble([unet() for _ in range(cfg.ensemble)]) if cfg.ensemble > 1 else unet()
+    members = cfg.ensemble or 1
+    return Ensemble([unet() for _ in range(members)]) if members > 1 else unet()
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **info: Any) -> None:

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dropout on the bottleneck's features in training (the U-Net paper: 0.5); 0 = off")
     train.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=Config.deep_supervision,
                        help="add the loss of 1/2- and 1/4-scale outputs of the decoder in training (nnU-Net's)")
-    train.add_argument("--ensemble", type=int, default=Config.ensemble,
-                       help="U-Nets trained side by side from their own initial weights, probabilities averaged")
+    train.add_argument("--ensemble", type=int, help="U-Nets trained side by side from their own initial weights, "
+                       "probabilities averaged (default: 2 on CPU with real data, else 1)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--accumulate", type=int, default=Config.accumulate,
                        help="micro-batches per batch, gradients added up (less memory)")
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default=Config.device)
     bench.add_argument("--amp", choices=AMPS, default=Config.amp)
     bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=Config.channels_last)
-    bench.add_argument("--ensemble", type=int, default=Config.ensemble, help="U-Nets trained per step")
+    bench.add_argument("--ensemble", type=int, help="U-Nets trained per step (default: as train picks)")
     bench.add_argument("--seed-unet", action=argparse.BooleanOptionalAction, default=True,
                        help="also time the seed's U-Net (widths 64..512, 256 px)")
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from helpers.checkpoint import build_model, load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config
 from helpers.data import load_dataset
 from helpers.losses import build_loss
@@ -123,7 +123,6 @@ def test_an_ensemble_averages_its_members_and_trains_each_on_its_own_loss(tmp_pa
     import copy
     import warnings
 
-    from helpers.checkpoint import build_model
     from helpers.export import export
     from helpers.model import Ensemble
 
@@ -170,3 +169,15 @@ def test_an_ensemble_averages_its_members_and_trains_each_on_its_own_loss(tmp_pa
         Ensemble([UNet(features=(4, 8))])
     legacy = {k: v for k, v in loaded_cfg.to_dict().items() if k != "ensemble"}  # written before ensembles
     assert Config.from_dict(legacy).ensemble == 1
+
+
+def test_a_cpu_with_real_data_trains_a_pair_of_narrow_unets_unless_told_otherwise():
+    real = Config(device="cpu").resolved()
+    assert real.features == (8, 16, 32, 64) and real.ensemble == 2 and real.image_size == 128
+    assert Config(device="cpu").resolved(synthetic=True).ensemble == 1  # synthetic tiles: one is plenty
+    assert Config(device="cuda").resolved().ensemble == 1  # a GPU: the seed's single U-Net
+    assert Config(device="cuda").resolved().features == (64, 128, 256, 512)
+    assert Config(device="cpu", ensemble=1).resolved().ensemble == 1  # the user's choice is kept
+    assert Config(device="cpu", features=(16, 32, 64, 128)).resolved().ensemble == 2
+    assert Config(device="cpu", deep_supervision=True).resolved().ensemble == 1  # it needs a single U-Net
+    assert isinstance(build_model(Config(features=(4, 8, 16, 32))), UNet)  # unresolved: one U-Net
