@@ -3,7 +3,8 @@
 Tensors are already in memory (no loader), so this is the pure model step: forward, BCE + Dice, backward,
 AdamW. Prints images/s per setting and the ratio to plain fp32.
 
-    python benchmarks/precision_speed.py                       # the CPU defaults: 128 px, widths 16..128
+    python benchmarks/precision_speed.py                       # one 128 px U-Net of widths 16..128
+    python benchmarks/precision_speed.py --features 8,16,32,64 --ensemble 2   # the CPU defaults with real data
     python benchmarks/precision_speed.py --size 256 --features 64,128,256,512 --device cuda
 """
 from __future__ import annotations
@@ -26,14 +27,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--features", default="16,32,64,128")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--ensemble", type=int, default=1, help="U-Nets trained side by side per step")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     base = Config(image_size=args.size, features=tuple(int(f) for f in args.features.split(",")),
-                  batch_size=args.batch_size, lr=1e-3, device=args.device)
+                  batch_size=args.batch_size, ensemble=args.ensemble, lr=1e-3, device=args.device)
     half = "bf16" if amp_dtype(Config(device=args.device, amp="auto")) in (None, torch.bfloat16) else "fp16"
     reference = None
-    print(f"{args.size}px, widths {base.features}, batch {args.batch_size}, {base.torch_device()}")
+    print(f"{args.size}px, widths {base.features} x {base.ensemble}, batch {args.batch_size}, {base.torch_device()}")
     for amp in ("off", half):
         for channels_last in (False, True):
             cfg = Config(**{**base.to_dict(), "amp": amp, "channels_last": channels_last})
