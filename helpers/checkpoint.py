@@ -30,8 +30,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def build_model(cfg: Config) -> UNet | Ensemble:
     """The U-Net that ``cfg`` describes (widths must be resolved), or with ``cfg.ensemble`` > 1 an
-    :class:`~helpers.model.Ensemble` of that many, each with its own random initial weights (an unresolved
-    ``ensemble`` of None builds one U-Net)."""
+    :class:`~helpers.model.Ensemble` of that many, each with its own random initial weights (one U-Net while
+    ``ensemble`` is unresolved: :attr:`Config.members`)."""
     if cfg.features is None:
         raise ValueError("cfg.features is not set: call cfg.resolved() first")
 
@@ -39,8 +39,7 @@ def build_model(cfg: Config) -> UNet | Ensemble:
         return UNet(in_channels=cfg.input_channels, out_channels=1, features=cfg.features, norm=cfg.norm,
                     dropout=cfg.dropout, deep_supervision=cfg.deep_supervision)
 
-    members = cfg.ensemble or 1
-    return Ensemble([unet() for _ in range(members)]) if members > 1 else unet()
+    return Ensemble([unet() for _ in range(cfg.members)]) if cfg.members > 1 else unet()
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **info: Any) -> None:

@@ -154,12 +154,17 @@ class Config:
             raise ValueError(f"context must be 0 (one slice) or a positive number of slices, got {self.context}")
         if self.ensemble is not None and self.ensemble < 1:
             raise ValueError(f"ensemble must be a positive number of U-Nets (1 = a single one), got {self.ensemble}")
-        if self.ensemble is not None and self.ensemble > 1 and self.deep_supervision:
+        if self.members > 1 and self.deep_supervision:
             raise ValueError("deep_supervision works on a single U-Net; set ensemble=1 or deep_supervision=False")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_fraction == 0 and (self.patience is not None or self.tune_threshold):
             raise ValueError("patience and tune_threshold need validation patients; val_fraction is 0")
+
+    @property
+    def members(self) -> int:
+        """U-Nets the model is built of: ``ensemble``, or one while it is unresolved (None)."""
+        return self.ensemble or 1
 
     @property
     def slices(self) -> int:

@@ -72,7 +72,7 @@ class EnsembleLoss(MultiOutputLoss):
 
 def build_loss(cfg: Config) -> nn.Module:
     """The loss named by ``cfg.loss``, over all the model's outputs with ``cfg.deep_supervision`` or an
-    ``cfg.ensemble`` of U-Nets (one while it is unresolved, as :func:`~helpers.checkpoint.build_model` builds)."""
+    ensemble of ``cfg.members`` U-Nets."""
     if cfg.loss == "bce":
         loss = nn.BCEWithLogitsLoss()
     elif cfg.loss == "dice":
@@ -81,4 +81,4 @@ def build_loss(cfg: Config) -> nn.Module:
         loss = BCEDiceLoss(cfg.dice_weight, cfg.recall_weight)
     if cfg.deep_supervision:
         loss = DeepSupervisionLoss(loss)
-    return EnsembleLoss(loss) if (cfg.ensemble or 1) > 1 else loss
+    return EnsembleLoss(loss) if cfg.members > 1 else loss
