@@ -1,0 +1,64 @@
+"""benchmarks/inference_sweep.py re-scores a patient_cv.py run exactly as ``evaluate`` scored it."""
+import importlib.util
+import json
+import re
+import sys
+
+import pytest
+
+from helpers.checkpoint import load_checkpoint
+from helpers.config import Config
+from helpers.data import load_dataset
+from helpers.inference import report
+from helpers.train import fit
+
+from conftest import REPO
+
+
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("inference_sweep", REPO / "benchmarks" / "inference_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_sweep(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["inference_sweep.py", *args])
+    _sweep_module().main()
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory, synthetic_dir):
+    """A one-fold patient_cv.py-style run folder: fold0/best.pt and the held-out report evaluate wrote."""
+    table = load_dataset(synthetic_dir)
+    patients = sorted(table["patient"].unique())
+    side = table["patient"].isin(patients[:4])
+    run = tmp_path_factory.mktemp("cv") / "run"
+    cfg = Config(run_dir=str(run / "fold0"), device="cpu", image_size=32, features=(4, 8, 16, 32), batch_size=8,
+                 epochs=3, seed=0, workers=0)
+    fit(cfg, table[side].reset_index(drop=True), table[~side].reset_index(drop=True).iloc[:0], progress=False)
+    model, cfg, _ = load_checkpoint(run / "fold0" / "best.pt")
+    held = table[~side].reset_index(drop=True)
+    (run / "fold0" / "heldout.json").write_text(json.dumps(report(model, held, cfg)))
+    return run, synthetic_dir, report(model, held, cfg)
+
+
+def test_the_checkpoints_own_settings_reproduce_the_evaluate_scores(cv_run, monkeypatch, capsys):
+    run, data_dir, scores = cv_run
+    _, cfg, _ = load_checkpoint(run / "fold0" / "best.pt")
+    _run_sweep(monkeypatch, str(run), "--data-dir", str(data_dir), "--threshold", f"{cfg.threshold},0.9",
+               "--grow-threshold", str(cfg.grow_threshold), "--min-volume-share", str(cfg.min_volume_share))
+    out = capsys.readouterr().out
+    own = re.search(r"(\d+) held-out patients; the checkpoints' own settings: mean ([\d.]+)", out)
+    assert int(own.group(1)) == scores["n_patients"] == 2
+    assert float(own.group(2)) == pytest.approx(scores["mean_patient_dice"], abs=1e-4)
+    same = [line for line in out.splitlines() if line.endswith(f"threshold={cfg.threshold:g}, "
+                                                                f"grow_threshold={cfg.grow_threshold:g}, "
+                                                                f"min_volume_share={cfg.min_volume_share:g}")]
+    assert len(same) == 1 and " +0.0000 " in same[0]
+    assert "threshold=0.9," in out  # every setting of the grid is listed (two here)
+
+
+def test_a_folder_that_is_not_a_finished_cv_run_is_named(tmp_path, synthetic_dir, monkeypatch):
+    with pytest.raises(SystemExit, match=f"{tmp_path}: no fold\\*/heldout.json"):
+        _run_sweep(monkeypatch, str(tmp_path), "--data-dir", str(synthetic_dir))
