@@ -180,4 +180,9 @@ def test_ema_run_validates_and_saves_the_average_and_resume_continues_it(tmp_pat
     plain = dataclasses.replace(saved, min_volume_share=0.0)
     val = result.val_table
     loss, _ = evaluate(model, make_eval_loader(val, plain), val["patient"].tolist(), plain, build_loss(plain))
-    assert loss == pytest.approx(result.history["val_loss"].iloc[-1], rel=1e-5)
+    # The reloaded model's loss differs from the logged one by float rounding (0.8e-5 to 1.1e-5 relative, seen here
+    # and in CI); the trained weights' loss, by 1.9e-4 (checked below, so the tolerance still tells them apart).
+    assert loss == pytest.approx(result.history["val_loss"].iloc[-1], rel=5e-5)
+    model.load_state_dict(last["resume"]["trained"])
+    trained_loss, _ = evaluate(model, make_eval_loader(val, plain), val["patient"].tolist(), plain, build_loss(plain))
+    assert trained_loss != pytest.approx(result.history["val_loss"].iloc[-1], rel=1e-4)
