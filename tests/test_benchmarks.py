@@ -39,8 +39,9 @@ def cv_run(tmp_path_factory, synthetic_dir):
     fit(cfg, table[side].reset_index(drop=True), table[~side].reset_index(drop=True).iloc[:0], progress=False)
     model, cfg, _ = load_checkpoint(run / "fold0" / "best.pt")
     held = table[~side].reset_index(drop=True)
-    (run / "fold0" / "heldout.json").write_text(json.dumps(report(model, held, cfg)))
-    return run, synthetic_dir, report(model, held, cfg)
+    scores = report(model, held, cfg)
+    (run / "fold0" / "heldout.json").write_text(json.dumps(scores))
+    return run, synthetic_dir, scores
 
 
 def test_the_checkpoints_own_settings_reproduce_the_evaluate_scores(cv_run, monkeypatch, capsys):
