@@ -69,10 +69,11 @@ def main() -> None:
     if pairs:
         compare(pairs)
         return
-    scores = [s for run in single for fold in fold_scores(run).values() for s in fold.values()]
-    for run in single:
-        print(f"{run}: {summary([s for fold in fold_scores(run).values() for s in fold.values()])}")
-    print(f"{len(scores)} held-out scores: {summary(scores)}")
+    per_run = {run: [s for fold in fold_scores(run).values() for s in fold.values()] for run in single}
+    for run, scores in per_run.items():
+        print(f"{run}: {summary(scores)}")
+    pooled = [s for scores in per_run.values() for s in scores]
+    print(f"{len(pooled)} held-out scores: {summary(pooled)}")
 
 
 if __name__ == "__main__":
