@@ -174,6 +174,7 @@ def test_an_ensemble_averages_its_members_and_trains_each_on_its_own_loss(tmp_pa
 def test_a_cpu_with_real_data_trains_a_pair_of_narrow_unets_unless_told_otherwise():
     real = Config(device="cpu").resolved()
     assert real.features == (8, 16, 32, 64) and real.ensemble == 2 and real.image_size == 128
+    assert real.batch_size == 32 and Config(device="cpu").resolved(synthetic=True).batch_size == 16
     assert Config(device="cpu").resolved(synthetic=True).ensemble == 1  # synthetic tiles: one is plenty
     assert Config(device="cuda").resolved().ensemble == 1  # a GPU: the seed's single U-Net
     assert Config(device="cuda").resolved().features == (64, 128, 256, 512)
