@@ -89,8 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, help="stop after N epochs without a better validation Dice")
     train.add_argument("--select-after", type=float, default=Config.select_after,
                        help="cosine schedule: only epochs after this share of the run can become best.pt")
-    train.add_argument("--validate-every", type=int, default=Config.validate_every,
-                       help="validate epochs before --select-after only every N epochs (candidates always)")
     train.add_argument("--seed", type=int, default=Config.seed)
     train.add_argument("--workers", type=int)
     train.add_argument("--device", default=Config.device, help="auto, cpu, cuda, cuda:1 ...")

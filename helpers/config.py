@@ -86,8 +86,6 @@ class Config:
     time_budget: float | None = None  # seconds of training; stops cleanly and keeps the best checkpoint
     patience: int | None = None  # stop after this many epochs without a better validation Dice
     select_after: float = 0.8  # cosine schedule: epochs before this share of the run are not candidates for best.pt
-    validate_every: int = 5  # epochs before select_after are validated only this often (for the curve); candidates
-    # always are. Validating takes about 7% of a CPU epoch, time the budget then gives to training; 1 = every epoch
     augment: str = "strong"  # "light": flips, small affine moves; "strong": wider affine, gamma, noise, blur; "off"
     intensity_jitter: float = 0.1  # brightness/contrast change of up to this share, in training
     channel_gain: float = 0.2  # each channel scaled by a factor in [1 - g, 1 + g], in training: scanners differ
@@ -140,8 +138,6 @@ class Config:
             raise ValueError(f"bias_field must be in [0, 1] (the largest log-gain; 0 = off), got {self.bias_field}")
         if self.channel_gamma < 0:
             raise ValueError(f"channel_gamma must be 0 (off) or positive, got {self.channel_gamma}")
-        if self.validate_every < 1:
-            raise ValueError(f"validate_every must be a positive number of epochs, got {self.validate_every}")
         if not 0.0 <= self.select_after <= 1.0:
             raise ValueError(f"select_after must be between 0 and 1, got {self.select_after}")
         if not 0.0 <= self.grow_threshold < 1.0:

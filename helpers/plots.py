@@ -93,18 +93,16 @@ def plot_augmentations(image: np.ndarray, mask: np.ndarray, transform, n: int = 
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
-    """Train and validation loss, and validation Dice, per epoch (validation only where it ran: see
-    ``Config.validate_every``)."""
+    """Train and validation loss, and validation Dice, per epoch."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
-    validated = history.dropna(subset=["val_dice"])
     ax1.plot(history["epoch"], history["train_loss"], label="train")
-    ax1.plot(validated["epoch"], validated["val_loss"], ".-", label="validation")
+    ax1.plot(history["epoch"], history["val_loss"], label="validation")
     ax1.set_xlabel("epoch")
     ax1.set_title("Loss")
     ax1.legend()
-    ax2.plot(validated["epoch"], validated["val_dice"], ".-", color="tab:green", label="mean")
+    ax2.plot(history["epoch"], history["val_dice"], color="tab:green", label="mean")
     if "val_dice_median" in history:
-        ax2.plot(validated["epoch"], validated["val_dice_median"], ".--", color="tab:olive", label="median")
+        ax2.plot(history["epoch"], history["val_dice_median"], color="tab:olive", ls="--", label="median")
     ax2.set_ylim(0, 1)
     ax2.set_xlabel("epoch")
     ax2.set_title("Validation Dice per patient")

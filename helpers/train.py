@@ -372,11 +372,7 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         decision = None
         if procs.main:
             val_loss = val_dice = val_median = float("nan")
-            # With a decaying schedule, early high-learning-rate epochs are not candidates: their validation Dice on
-            # a few patients is noisy, and picking its maximum there loses to the annealed model (README, "Accuracy").
-            # They are validated only every cfg.validate_every epochs, for the curve, and the time goes to training.
-            eligible = validating and (cfg.schedule == "constant" or schedule.progress() >= cfg.select_after)
-            if eligible or (validating and epoch % cfg.validate_every == 0):
+            if validating:
                 # Validation runs on the main process alone, on the unwrapped model or its average (no collective
                 # calls inside).
                 val_loss, dice = evaluate(validated(), val_loader, val_table["patient"].tolist(), select_cfg,
@@ -384,6 +380,9 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
                 val_dice, val_median = float(dice.mean()), float(dice.median())
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice,
                    "val_dice_median": val_median, "seconds": time.perf_counter() - start}
+            # With a decaying schedule, early high-learning-rate epochs are not candidates: their validation Dice on
+            # a few patients is noisy, and picking its maximum there loses to the annealed model (README, "Accuracy").
+            eligible = validating and (cfg.schedule == "constant" or schedule.progress() >= cfg.select_after)
             decision = {"row": row, "better": eligible and row["val_dice"] > best_dice,
                         "late": time.monotonic() > deadline}
         decision = distributed.from_main(decision, procs)
@@ -397,8 +396,7 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
             save_last(epoch, bool(stop) or epoch == cfg.epochs)
             pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
         say(f"epoch {epoch:3d}  loss {train_loss:.4f}  "
-            + (f"val loss {rows[-1]['val_loss']:.4f}  val Dice {rows[-1]['val_dice']:.3f}  "
-               if not math.isnan(rows[-1]["val_dice"]) else "")
+            + (f"val loss {rows[-1]['val_loss']:.4f}  val Dice {rows[-1]['val_dice']:.3f}  " if validating else "")
             + f"({rows[-1]['seconds']:.0f}s)")
         if decision["late"]:
             say(f"time budget of {cfg.time_budget:.0f}s reached after epoch {epoch}; keeping the best epoch")

@@ -150,7 +150,7 @@ def test_an_ensemble_averages_its_members_and_trains_each_on_its_own_loss(tmp_pa
         assert torch.allclose(a.grad, b.grad, atol=1e-7)
     # A run trains and validates the pair; its checkpoint rebuilds both, and the exports average them too.
     run = Config(run_dir=str(tmp_path / "ens"), image_size=32, features=(4, 8, 16, 32), device="cpu", epochs=2,
-                 ensemble=2, validate_every=1)
+                 ensemble=2)
     result = train_run(run, load_dataset(synthetic_dir), progress=False)
     assert len(result.history) == 2 and result.history["val_dice"].notna().all()
     loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "ens" / "best.pt")

@@ -158,25 +158,6 @@ def test_best_checkpoint_comes_from_the_annealed_part_of_a_cosine_run(tmp_path, 
     assert result.best_epoch in (3, 4) and result.best_val_dice == pytest.approx(late["val_dice"].max())
 
 
-def test_epochs_that_cannot_become_best_are_validated_only_now_and_then(tmp_path, synthetic_dir):
-    from helpers.plots import plot_history
-    from helpers.train import train_run
-
-    cfg = Config(run_dir=str(tmp_path / "run"), image_size=32, features=(4, 8, 16, 32), device="cpu", epochs=6,
-                 schedule="cosine", select_after=0.6, validate_every=2)
-    result = train_run(cfg, load_dataset(synthetic_dir), progress=False)
-    validated = result.history.set_index("epoch")["val_dice"].notna()
-    # Epochs 1-3 end before 60% of the run: only the second is validated; 4-6 are candidates, all validated.
-    assert validated.tolist() == [False, True, False, True, True, True]
-    assert result.best_epoch >= 4
-    saved = pd.read_csv(tmp_path / "run" / "history.csv")
-    assert saved["val_loss"].notna().tolist() == validated.tolist()  # as written to the run folder
-    lines = plot_history(result.history).axes[1].get_lines()
-    assert lines[0].get_xdata().tolist() == [2, 4, 5, 6]  # the Dice curve joins the validated epochs
-    with pytest.raises(ValueError, match="validate_every"):
-        Config(validate_every=0)
-
-
 def test_training_reads_each_volume_level_once(tmp_path, synthetic_dir, monkeypatch):
     import helpers.data
     from helpers.train import train_run
