@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import AMPS, AUGMENTS, INTENSITIES, LOSSES, NORMS, OPTIMIZERS, SCHEDULES, Config
+from .config import AMPS, AUGMENTS, DICE_OVER, INTENSITIES, LOSSES, NORMS, OPTIMIZERS, SCHEDULES, Config
 from .data import DataError
 from .train import TrainingError
 
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--loss", choices=LOSSES, default=Config.loss)
     train.add_argument("--dice-weight", type=float, default=Config.dice_weight,
                        help="weight of the Dice term in bce_dice (the rest is BCE)")
+    train.add_argument("--dice-over", choices=DICE_OVER, default=Config.dice_over,
+                       help="count the Dice term over the whole batch, or per slice with tumour "
+                            "(small tumours weigh more)")
     train.add_argument("--recall-weight", type=float, default=Config.recall_weight,
                        help="Dice term as a Tversky index: over 0.5, missed tumour costs more than false alarms")
     train.add_argument("--ema", type=float, default=Config.ema,

@@ -39,6 +39,7 @@ INTENSITIES = ("dataset", "volume", "brain", "landmarks")
 AMPS = ("auto", "off", "bf16", "fp16")
 AUGMENTS = ("off", "light", "strong")
 NORMS = ("batch", "instance")
+DICE_OVER = ("batch", "slice")
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Config:
     warmup: float = 0.05  # share of the run spent warming up, with schedule="cosine"
     loss: str = "bce_dice"  # BCE + soft Dice; also the seed's "bce" (BCEWithLogitsLoss) and "dice"
     dice_weight: float = 0.5  # weight of the Dice term in "bce_dice"
+    dice_over: str = "batch"  # the Dice term counted over the whole batch, or per slice with tumour ("slice")
     recall_weight: float = 0.7  # Dice term as a Tversky index: > 0.5 makes missed tumour cost more than false alarms
     ema: float = 0.99  # per-step decay of a moving average of the weights and BatchNorm statistics; 0 = off
     tumour_mix: float = 0.0  # share of training slices given another training slice's tumour (CarveMix); 0 = off
@@ -118,7 +120,7 @@ class Config:
                 setattr(self, name, tuple(float(v) for v in value))
         for name, allowed in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("intensity", INTENSITIES), ("amp", AMPS),
-                             ("augment", AUGMENTS), ("norm", NORMS)):
+                             ("augment", AUGMENTS), ("norm", NORMS), ("dice_over", DICE_OVER)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.tumour_share is not None and not 0.0 < self.tumour_share < 1.0:

@@ -9,27 +9,39 @@ from .config import Config
 
 
 class SoftDiceLoss(nn.Module):
-    """1 - a soft Tversky index over the whole batch, TP / (TP + (1 - b) FP + b FN), which is the soft Dice at
-    b = ``recall_weight`` = 0.5; b > 0.5 makes a missed tumour pixel cost more than a false alarm.
+    """1 - a soft Tversky index, TP / (TP + (1 - b) FP + b FN), which is the soft Dice at b = ``recall_weight`` =
+    0.5; b > 0.5 makes a missed tumour pixel cost more than a false alarm. ``over="batch"`` counts TP, FP and FN
+    over the whole batch, so large tumours weigh most; ``over="slice"`` scores each slice with tumour on its own
+    and averages them, so a small tumour counts as much as a large one, as it does in the per-patient Dice (slices
+    without tumour are then left to the BCE term; a batch without any falls back to the batch count).
     ``smooth`` keeps tumour-free batches from dividing by zero."""
 
-    def __init__(self, smooth: float = 1.0, recall_weight: float = 0.5) -> None:
+    def __init__(self, smooth: float = 1.0, recall_weight: float = 0.5, over: str = "batch") -> None:
         super().__init__()
-        self.smooth, self.beta = smooth, recall_weight
+        self.smooth, self.beta, self.over = smooth, recall_weight, over
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = torch.sigmoid(logits.float())
-        tp = (probs * target).sum()
-        fp, fn = probs.sum() - tp, target.sum() - tp
+        if self.over == "slice":
+            has_tumour = target.flatten(1).sum(1) > 0
+            if has_tumour.any():
+                return self.tversky_loss(probs[has_tumour].flatten(1), target[has_tumour].flatten(1)).mean()
+        return self.tversky_loss(probs.flatten(), target.flatten())
+
+    def tversky_loss(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """1 - the Tversky index over the last dimension (one value per row)."""
+        tp = (probs * target).sum(-1)
+        fp, fn = probs.sum(-1) - tp, target.sum(-1) - tp
         return 1 - (tp + self.smooth / 2) / (tp + (1 - self.beta) * fp + self.beta * fn + self.smooth / 2)
 
 
 class BCEDiceLoss(nn.Module):
     """(1 - w) * BCE + w * soft Dice: BCE gives every pixel a gradient, Dice counters the class imbalance."""
 
-    def __init__(self, dice_weight: float = 0.5, recall_weight: float = 0.5) -> None:
+    def __init__(self, dice_weight: float = 0.5, recall_weight: float = 0.5, dice_over: str = "batch") -> None:
         super().__init__()
-        self.bce, self.dice, self.w = nn.BCEWithLogitsLoss(), SoftDiceLoss(recall_weight=recall_weight), dice_weight
+        self.bce, self.w = nn.BCEWithLogitsLoss(), dice_weight
+        self.dice = SoftDiceLoss(recall_weight=recall_weight, over=dice_over)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (1 - self.w) * self.bce(logits, target) + self.w * self.dice(logits, target)
@@ -76,9 +88,9 @@ def build_loss(cfg: Config) -> nn.Module:
     if cfg.loss == "bce":
         loss = nn.BCEWithLogitsLoss()
     elif cfg.loss == "dice":
-        loss = SoftDiceLoss(recall_weight=cfg.recall_weight)
+        loss = SoftDiceLoss(recall_weight=cfg.recall_weight, over=cfg.dice_over)
     else:
-        loss = BCEDiceLoss(cfg.dice_weight, cfg.recall_weight)
+        loss = BCEDiceLoss(cfg.dice_weight, cfg.recall_weight, cfg.dice_over)
     if cfg.deep_supervision:
         loss = DeepSupervisionLoss(loss)
     return EnsembleLoss(loss) if cfg.members > 1 else loss

@@ -55,6 +55,30 @@ def test_recall_weight_is_a_tversky_index_that_punishes_misses():
     assert Config.from_dict(saved).recall_weight == 0.5 and Config().recall_weight == 0.7
 
 
+def test_dice_over_slices_weighs_a_small_tumour_like_a_large_one():
+    target = torch.zeros(3, 1, 20, 20)
+    target[0, :, :10, :] = 1  # a large tumour, 200 pixels
+    target[1, :, :2, :2] = 1  # a small one, 4 pixels; slice 2 has none
+    logits = lambda mask: (mask * 2 - 1) * 30
+    miss_small, miss_large = target.clone(), target.clone()
+    miss_small[1] = 0  # the small tumour missed whole
+    miss_large[0, :, :2, :2] = 0  # as many pixels missed in the large one
+    batch = build_loss(Config(loss="dice", recall_weight=0.5))
+    per_slice = build_loss(Config(loss="dice", recall_weight=0.5, dice_over="slice"))
+    # Over the batch both errors are 4 pixels of 204; per slice, missing the small tumour costs half the loss.
+    assert batch(logits(miss_small), target) == pytest.approx(batch(logits(miss_large), target).item(), abs=1e-4)
+    assert per_slice(logits(miss_small), target) == pytest.approx(1 - (1 + 0.5 / 2.5) / 2, abs=1e-3)
+    assert per_slice(logits(miss_small), target) > 20 * per_slice(logits(miss_large), target)
+    # Slices without tumour are left to the BCE term, unless the batch has no tumour at all.
+    false_alarm = target.clone()
+    false_alarm[2, :, 5:9, 5:9] = 1
+    assert per_slice(logits(false_alarm), target) == pytest.approx(per_slice(logits(target), target).item(), abs=1e-5)
+    empty = torch.zeros(2, 1, 8, 8)
+    assert per_slice(logits(empty), empty) == pytest.approx(batch(logits(empty), empty).item(), abs=1e-6)
+    with pytest.raises(ValueError, match="dice_over must be one of"):
+        Config(dice_over="patient")
+
+
 def test_unknown_loss_is_rejected():
     with pytest.raises(ValueError, match="loss must be one of"):
         Config(loss="focal")
