@@ -54,6 +54,8 @@ class Config:
     download_dir: str = "data"  # where a Kaggle download or the synthetic tiles are written
     run_dir: str = "runs/unet"  # config.json, history.csv, split.csv, last.pt, best.pt
     image_size: int | None = None
+    crop: int = 0  # train on random crops of this many px of each resized slice (more steps per second); validation
+    # and inference see whole slices; 0 = off
     in_channels: int = 3  # MR sequences per slice
     context: int = 0  # neighbouring slices on each side given to the model as extra channels (2.5-D); 0 = 2-D
     features: tuple[int, ...] | None = None
@@ -127,6 +129,10 @@ class Config:
             raise ValueError(f"tumour_share must be between 0 and 1, got {self.tumour_share}")
         if self.image_size is not None and self.image_size < 16:
             raise ValueError(f"image_size must be at least 16 (four 2x2 poolings), got {self.image_size}")
+        if self.crop and (self.crop < 16 or self.crop % 16):
+            raise ValueError(f"crop must be 0 (off) or a multiple of 16 (four 2x2 poolings), got {self.crop}")
+        if self.crop and self.image_size is not None and self.crop > self.image_size:
+            raise ValueError(f"crop ({self.crop}) must not exceed image_size ({self.image_size})")
         if not 0.0 < self.recall_weight < 1.0:
             raise ValueError(f"recall_weight must be between 0 and 1 (0.5 = Dice), got {self.recall_weight}")
         if not 0.0 <= self.ema < 1.0:

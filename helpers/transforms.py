@@ -154,9 +154,14 @@ def train_transform(cfg: Config) -> A.Compose:
       Gaussian noise and blur, after nnU-Net's 2-D recipe: with ten-odd training patients the model otherwise
       learns their scanners rather than the tumour;
     * "off": none.
+
+    With ``cfg.crop`` each slice is then cut to a random ``crop`` x ``crop`` window (before the intensity changes,
+    which then touch fewer pixels): the fully convolutional U-Net trains on windows and sees whole slices later.
     """
+    resize = A.Resize(cfg.image_size, cfg.image_size, interpolation=cv2.INTER_AREA)
+    crop = [A.RandomCrop(cfg.crop, cfg.crop)] if cfg.crop else []
     if cfg.augment == "off":
-        return eval_transform(cfg)
+        return A.Compose([resize, *crop, _normalize(cfg)], seed=cfg.seed) if crop else eval_transform(cfg)
     normalize = _normalize(cfg)
     strong = cfg.augment == "strong"
     intensity = []
@@ -185,10 +190,11 @@ def train_transform(cfg: Config) -> A.Compose:
                        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5))
     # Seeded: albumentations otherwise draws from OS entropy and two runs with one seed would differ.
     return A.Compose([
-        A.Resize(cfg.image_size, cfg.image_size, interpolation=cv2.INTER_AREA),
+        resize,
         A.HorizontalFlip(p=0.5),
         affine,
         *([_elastic(cfg.image_size, cfg.elastic)] if cfg.elastic > 0 else []),
+        *crop,
         *intensity,
         normalize,
     ], seed=cfg.seed)
