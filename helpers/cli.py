@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "settings; other flags but --data-dir and --quiet are ignored)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--image-size", type=int)
-    train.add_argument("--crop", type=int, default=Config.crop,
-                       help="train on random windows of this many px of each slice; 0 = whole slices")
+    train.add_argument("--crop", type=int, help="train on random windows of this many px of each slice; "
+                       "0 = whole slices (default: 3/4 of the image size on a CPU with real data, else 0)")
     train.add_argument("--features", type=_features, help="U-Net widths, e.g. 16,32,64,128")
     train.add_argument("--context", type=int, default=Config.context,
                        help="neighbouring slices on each side as extra input channels (2.5-D); 0 = one slice")

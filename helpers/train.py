@@ -324,7 +324,8 @@ def fit(cfg: Config, train_table: pd.DataFrame, val_table: pd.DataFrame, progres
         f"{train_table['patient'].nunique()} patients / {len(train_table)} slices, "
         + (f"validating on {val_table['patient'].nunique()} patients / {len(val_table)} slices, " if validating
            else "no validation patients (best.pt will be the last epoch), ") +
-        f"{cfg.image_size}px, widths {cfg.features}{f' x {cfg.ensemble} U-Nets' if cfg.ensemble > 1 else ''}, "
+        f"{cfg.image_size}px{f' (trained on {cfg.crop}px windows)' if cfg.crop else ''}, "
+        f"widths {cfg.features}{f' x {cfg.ensemble} U-Nets' if cfg.ensemble > 1 else ''}, "
         f"{cfg.epochs} epochs, precision {amp_dtype(cfg) or 'fp32'}"
         + (f", {cache.nbytes / 2**20:.0f} MiB of slices cached" if cache is not None else ""))
 

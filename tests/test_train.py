@@ -186,3 +186,13 @@ def test_ema_run_validates_and_saves_the_average_and_resume_continues_it(tmp_pat
     model.load_state_dict(last["resume"]["trained"])
     trained_loss, _ = evaluate(model, make_eval_loader(val, plain), val["patient"].tolist(), plain, build_loss(plain))
     assert trained_loss != pytest.approx(result.history["val_loss"].iloc[-1], rel=1e-4)
+
+
+def test_training_on_crops_learns_and_validates_whole_slices(tmp_path):
+    table = load_dataset(write_synthetic_dataset(tmp_path / "train", n_patients=10, n_slices=24, seed=0))
+    cfg = Config(run_dir=str(tmp_path / "run"), device="cpu", image_size=64, crop=32)
+    result = train_run(cfg, table, progress=False)
+    assert result.cfg.crop == 32 and load_checkpoint(tmp_path / "run" / "best.pt")[1].crop == 32
+    unseen = load_dataset(write_synthetic_dataset(tmp_path / "test", n_patients=4, n_slices=24, seed=99))
+    dice = score_patients(result.model, unseen, result.cfg)  # whole 64 px slices, scored at 256
+    assert dice.mean() >= 0.7, dice

@@ -178,3 +178,33 @@ def test_bias_field_is_shared_by_the_slices_of_a_sequence_in_2_5_d():
         assert np.array_equal(gain[..., sequence], gain[..., sequence + 3])
         assert np.array_equal(gain[..., sequence], gain[..., sequence + 6])
     assert not np.allclose(gain[..., 0], gain[..., 1], atol=0.02)
+
+
+@pytest.mark.parametrize("policy", ["off", "strong"])
+def test_crop_cuts_one_window_of_image_and_mask(policy):
+    cfg = Config(image_size=128, crop=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augment=policy)
+    transform = train_transform(cfg)
+    rng = np.random.default_rng(1)
+    offsets = set()
+    for _ in range(20):
+        image, mask = _square_slice(rng)
+        out = transform(image=image, mask=mask)
+        assert out["image"].shape == (64, 64, 3) and out["mask"].shape == (64, 64)
+        bright = out["image"][..., 1] > 0.6
+        assert (bright != (out["mask"] == 1)).mean() < 0.05  # the window is the same for image and mask
+        if policy == "off":  # no other change: the window lies somewhere in the resized slice
+            whole = eval_transform(cfg)(image=image, mask=mask)["image"]
+            hits = [(y, x) for y in range(65) for x in range(65)
+                    if np.array_equal(whole[y:y + 64, x:x + 64], out["image"])]
+            assert hits
+            offsets.add(hits[0])
+    assert policy != "off" or len(offsets) > 10  # windows drawn at random
+
+
+def test_crop_must_fit_the_image_and_the_poolings():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        Config(crop=100)
+    with pytest.raises(ValueError, match="must not exceed image_size"):
+        Config(image_size=64, crop=96)
+    with pytest.raises(ValueError, match="must not exceed image_size"):
+        Config(crop=160, device="cpu").resolved()  # the CPU default size is 128
