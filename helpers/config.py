@@ -20,20 +20,21 @@ def gpu_loader_workers() -> int:
 
 
 # The seed's U-Net at full resolution: what a GPU trains with when the user sets nothing.
-GPU_DEFAULTS = {"image_size": 256, "crop": 0, "features": (64, 128, 256, 512), "ensemble": 1, "batch_size": 16,
+GPU_DEFAULTS = {"image_size": 256, "crop": 0.0, "features": (64, 128, 256, 512), "ensemble": 1, "batch_size": 16,
                 "epochs": 30, "lr": 1e-3, "workers": gpu_loader_workers()}
 # Sized so that 2 CPU cores train the real sample in minutes: a pair of narrow U-Nets, averaged, which beat one
 # U-Net of twice the widths in the same time on 12 of 15 cross-validation folds, and batches of 32, which beat 16
-# on 14 of 20 (README "The CPU protocol"). Training on random 96 px windows of the 128 px slices (3/4 of the side,
-# also with another image_size) fits more steps in a time budget: +0.035 paired over 15 CV scores, 5 of 5 folds up
-# (run CR0).
-# Loader workers would only compete with the model for the cores.
-CPU_DEFAULTS = {"image_size": 128, "crop": 96, "features": (8, 16, 32, 64), "ensemble": 2, "batch_size": 32,
+# on 14 of 20 (README "The CPU protocol"). Training on random windows of 3/4 of the side (96 px of the 128 px
+# slices) fits more steps in a time budget: +0.035 paired over 15 CV scores, 5 of 5 folds up (run CR0). Loader
+# workers would only compete with the model for the cores.
+CPU_DEFAULTS = {"image_size": 128, "crop": 0.75, "features": (8, 16, 32, 64), "ensemble": 2, "batch_size": 32,
                 "epochs": 40, "lr": 3e-3, "workers": 0}
 # Synthetic tiles are easy: one such U-Net at this size learns them on a laptop in well under a minute. Their batch
 # stays 16: the batch-32 comparison was made on real data only.
-SYNTHETIC_CPU_DEFAULTS = {**CPU_DEFAULTS, "image_size": 64, "crop": 0, "ensemble": 1, "batch_size": 16, "epochs": 20}
+SYNTHETIC_CPU_DEFAULTS = {**CPU_DEFAULTS, "image_size": 64, "crop": 0.0, "ensemble": 1, "batch_size": 16,
+                          "epochs": 20}
 
+# In these tables "crop" is a share of the slice's side; resolved() turns it into px with window_px.
 AUTO_FIELDS = tuple(GPU_DEFAULTS)
 LOSSES = ("bce", "dice", "bce_dice")
 OPTIMIZERS = ("adam", "adamw")
@@ -43,6 +44,12 @@ AMPS = ("auto", "off", "bf16", "fp16")
 AUGMENTS = ("off", "light", "strong")
 NORMS = ("batch", "instance")
 DICE_OVER = ("batch", "slice")
+
+
+def window_px(image_size: int, share: float) -> int:
+    """The side of a training window that is ``share`` of ``image_size``, rounded down to a multiple of 16 (four
+    2x2 poolings); 0 (whole slices) when the share is 0 or the window would be under 16 px."""
+    return int(image_size * share) // 16 * 16
 
 
 @dataclass
@@ -206,8 +213,8 @@ class Config:
         else:
             defaults = SYNTHETIC_CPU_DEFAULTS if synthetic else CPU_DEFAULTS
         chosen = {k: v for k, v in defaults.items() if getattr(self, k) is None}
-        if chosen.get("crop"):  # the default window is 3/4 of the slice's side, whatever size the user picked
-            chosen["crop"] = chosen.get("image_size", self.image_size) * 3 // 4 // 16 * 16
+        if "crop" in chosen:  # a share of the side, of whatever size the user picked
+            chosen["crop"] = window_px(chosen.get("image_size", self.image_size), chosen["crop"])
         if self.deep_supervision and "ensemble" in chosen:
             chosen["ensemble"] = 1
         if self.time_budget is not None and self.epochs is None:

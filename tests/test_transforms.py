@@ -201,6 +201,16 @@ def test_crop_cuts_one_window_of_image_and_mask(policy):
     assert policy != "off" or len(offsets) > 10  # windows drawn at random
 
 
+def test_a_cpu_with_real_data_trains_on_windows_of_three_quarters_of_the_side_unless_told_otherwise():
+    assert Config(device="cpu").resolved().crop == 96  # of the 128 px default
+    assert Config(device="cpu", image_size=64).resolved().crop == 48
+    assert Config(device="cpu", image_size=200).resolved().crop == 144  # 150, down to a multiple of 16
+    assert Config(device="cpu", crop=0).resolved().crop == 0  # the user's choice is kept
+    assert Config(device="cpu", crop=64).resolved().crop == 64
+    assert Config(device="cpu").resolved(synthetic=True).crop == 0  # synthetic tiles: whole slices
+    assert Config(device="cuda").resolved().crop == 0  # a GPU: the seed's whole 256 px slices
+
+
 def test_crop_must_fit_the_image_and_the_poolings():
     with pytest.raises(ValueError, match="multiple of 16"):
         Config(crop=100)
