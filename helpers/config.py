@@ -66,6 +66,7 @@ class Config:
     image_size: int | None = None
     crop: int | None = None  # train on random windows of this many px of each resized slice (more steps per second);
     # validation and inference see whole slices; 0 = off; None = 3/4 of image_size on a CPU with real data, else 0
+    crop_on_tumour: float = 0.0  # share of tumour slices whose window is placed to hold some tumour; others: anywhere
     in_channels: int = 3  # MR sequences per slice
     context: int = 0  # neighbouring slices on each side given to the model as extra channels (2.5-D); 0 = 2-D
     features: tuple[int, ...] | None = None
@@ -149,6 +150,8 @@ class Config:
             raise ValueError(f"ema must be in [0, 1) (0 = off; e.g. 0.99), got {self.ema}")
         if not 0.0 <= self.dice_weight <= 1.0:
             raise ValueError(f"dice_weight must be between 0 and 1, got {self.dice_weight}")
+        if not 0.0 <= self.crop_on_tumour <= 1.0:
+            raise ValueError(f"crop_on_tumour must be between 0 and 1 (a share of slices), got {self.crop_on_tumour}")
         for name in ("intensity_jitter", "channel_gain", "sequence_dropout", "elastic", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -137,6 +137,18 @@ def _elastic(size: int, p: float) -> A.ElasticTransform:
                               fill_mask=0, p=p)
 
 
+def _window(cfg: Config) -> A.BasicTransform:
+    """The training window: anywhere in the slice, or, in ``cfg.crop_on_tumour`` of the slices that show tumour,
+    around one of its pixels (albumentations' ``CropNonEmptyMaskIfExists``, a random crop on empty masks), so that
+    tumours near the brain's rim are not cut away as often."""
+    share = cfg.crop_on_tumour
+    if share in (0, 1):
+        return A.CropNonEmptyMaskIfExists(cfg.crop, cfg.crop) if share else A.RandomCrop(cfg.crop, cfg.crop)
+    # OneOf draws one child with probabilities proportional to their p
+    return A.OneOf([A.CropNonEmptyMaskIfExists(cfg.crop, cfg.crop, p=share),
+                    A.RandomCrop(cfg.crop, cfg.crop, p=1 - share)], p=1)
+
+
 def eval_transform(cfg: Config) -> A.Compose:
     """Resize to the model's size and normalise per channel; what validation and inference see."""
     return A.Compose([A.Resize(cfg.image_size, cfg.image_size, interpolation=cv2.INTER_AREA), _normalize(cfg)])
@@ -157,9 +169,10 @@ def train_transform(cfg: Config) -> A.Compose:
 
     With ``cfg.crop`` each slice is then cut to a random ``crop`` x ``crop`` window (before the intensity changes,
     which then touch fewer pixels): the fully convolutional U-Net trains on windows and sees whole slices later.
+    In ``cfg.crop_on_tumour`` of the tumour slices the window is placed to hold some tumour (:func:`_window`).
     """
     resize = A.Resize(cfg.image_size, cfg.image_size, interpolation=cv2.INTER_AREA)
-    crop = [A.RandomCrop(cfg.crop, cfg.crop)] if cfg.crop else []
+    crop = [_window(cfg)] if cfg.crop else []
     if cfg.augment == "off":
         return A.Compose([resize, *crop, _normalize(cfg)], seed=cfg.seed) if crop else eval_transform(cfg)
     normalize = _normalize(cfg)

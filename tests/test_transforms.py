@@ -201,6 +201,22 @@ def test_crop_cuts_one_window_of_image_and_mask(policy):
     assert policy != "off" or len(offsets) > 10  # windows drawn at random
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_crop_on_tumour_keeps_a_tumour_at_the_rim_in_that_share_of_windows(share):
+    cfg = Config(image_size=128, crop=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augment="off",
+                 crop_on_tumour=share, seed=3)
+    transform = train_transform(cfg)
+    image = np.zeros((128, 128, 3), np.uint8)
+    corner = np.zeros((128, 128), np.uint8)
+    corner[2:6, 2:6] = 1  # a random 32 px window holds it about once in 250 draws
+    kept = np.mean([transform(image=image, mask=corner)["mask"].any() for _ in range(300)])
+    assert abs(kept - share) < 0.1
+    empty = transform(image=image, mask=np.zeros_like(corner))  # no tumour: a window anywhere
+    assert empty["image"].shape == (32, 32, 3) and empty["mask"].shape == (32, 32)
+    with pytest.raises(ValueError, match="crop_on_tumour"):
+        Config(crop_on_tumour=1.5)
+
+
 def test_a_cpu_with_real_data_trains_on_windows_of_three_quarters_of_the_side_unless_told_otherwise():
     assert Config(device="cpu").resolved().crop == 96  # of the 128 px default
     assert Config(device="cpu", image_size=64).resolved().crop == 48
