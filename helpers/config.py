@@ -152,6 +152,9 @@ class Config:
             raise ValueError(f"dice_weight must be between 0 and 1, got {self.dice_weight}")
         if not 0.0 <= self.crop_on_tumour <= 1.0:
             raise ValueError(f"crop_on_tumour must be between 0 and 1 (a share of slices), got {self.crop_on_tumour}")
+        if self.crop_on_tumour and self.crop == 0:
+            raise ValueError(f"crop_on_tumour ({self.crop_on_tumour}) places training windows, but crop is 0 (whole "
+                             "slices); set crop, e.g. 96 at image_size 128")
         for name in ("intensity_jitter", "channel_gain", "sequence_dropout", "elastic", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -142,8 +142,8 @@ def _window(cfg: Config) -> A.BasicTransform:
     around one of its pixels (albumentations' ``CropNonEmptyMaskIfExists``, a random crop on empty masks), so that
     tumours near the brain's rim are not cut away as often."""
     share = cfg.crop_on_tumour
-    if share in (0, 1):
-        return A.CropNonEmptyMaskIfExists(cfg.crop, cfg.crop) if share else A.RandomCrop(cfg.crop, cfg.crop)
+    if share == 0:  # no OneOf: its extra random draw would change the default runs' augmentation
+        return A.RandomCrop(cfg.crop, cfg.crop)
     # OneOf draws one child with probabilities proportional to their p
     return A.OneOf([A.CropNonEmptyMaskIfExists(cfg.crop, cfg.crop, p=share),
                     A.RandomCrop(cfg.crop, cfg.crop, p=1 - share)], p=1)

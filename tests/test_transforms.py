@@ -215,6 +215,8 @@ def test_crop_on_tumour_keeps_a_tumour_at_the_rim_in_that_share_of_windows(share
     assert empty["image"].shape == (32, 32, 3) and empty["mask"].shape == (32, 32)
     with pytest.raises(ValueError, match="crop_on_tumour"):
         Config(crop_on_tumour=1.5)
+    with pytest.raises(ValueError, match="crop is 0"):
+        Config(crop_on_tumour=0.5, device="cuda").resolved()  # a GPU trains on whole slices unless told otherwise
 
 
 def test_a_cpu_with_real_data_trains_on_windows_of_three_quarters_of_the_side_unless_told_otherwise():
