@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int)
     train.add_argument("--crop", type=int, help="train on random windows of this many px of each slice; "
                        "0 = whole slices (default: 3/4 of the image size on a CPU with real data, else 0)")
-    train.add_argument("--crop-on-tumour", type=float, default=Config.crop_on_tumour,
-                       help="share of tumour slices whose window is placed to hold some tumour (default: %(default)s)")
+    train.add_argument("--crop-on-tumour", type=float, help="share of tumour slices whose window is placed to hold "
+                       "some tumour (default: 1 on a CPU with real data and windows, else 0)")
     train.add_argument("--features", type=_features, help="U-Net widths, e.g. 16,32,64,128")
     train.add_argument("--context", type=int, default=Config.context,
                        help="neighbouring slices on each side as extra input channels (2.5-D); 0 = one slice")

@@ -141,7 +141,7 @@ def _window(cfg: Config) -> A.BasicTransform:
     """The training window: anywhere in the slice, or, in ``cfg.crop_on_tumour`` of the slices that show tumour,
     around one of its pixels (albumentations' ``CropNonEmptyMaskIfExists``, a random crop on empty masks), so that
     tumours near the brain's rim are not cut away as often."""
-    share = cfg.crop_on_tumour
+    share = cfg.crop_on_tumour or 0.0  # None: not resolved for the hardware yet, so no placement
     if share == 0:  # no OneOf: its extra random draw would change the default runs' augmentation
         return A.RandomCrop(cfg.crop, cfg.crop)
     # OneOf draws one child with probabilities proportional to their p

@@ -229,6 +229,20 @@ def test_a_cpu_with_real_data_trains_on_windows_of_three_quarters_of_the_side_un
     assert Config(device="cuda").resolved().crop == 0  # a GPU: the seed's whole 256 px slices
 
 
+def test_a_cpu_with_real_data_places_every_tumour_slices_window_on_the_tumour_unless_told_otherwise():
+    assert Config(device="cpu").resolved().crop_on_tumour == 1.0
+    assert Config(device="cpu", crop_on_tumour=0.5).resolved().crop_on_tumour == 0.5  # the user's choice is kept
+    assert Config(device="cpu", crop=0).resolved().crop_on_tumour == 0.0  # whole slices: nothing to place
+    assert Config(device="cpu", image_size=16).resolved().crop_on_tumour == 0.0  # a 12 px window rounds to none
+    assert Config(device="cpu").resolved(synthetic=True).crop_on_tumour == 0.0
+    assert Config(device="cuda").resolved().crop_on_tumour == 0.0
+    saved = {k: v for k, v in Config(device="cpu").resolved().to_dict().items() if k != "crop_on_tumour"}
+    assert Config.from_dict(saved).crop_on_tumour == 0.0  # runs saved before the knob placed windows anywhere
+    unresolved = Config(image_size=64, crop=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augment="off")
+    out = train_transform(unresolved)(image=np.zeros((64, 64, 3), np.uint8), mask=np.zeros((64, 64), np.uint8))
+    assert out["image"].shape == (32, 32, 3)  # None reads as no placement, not an error
+
+
 def test_crop_must_fit_the_image_and_the_poolings():
     with pytest.raises(ValueError, match="multiple of 16"):
         Config(crop=100)
