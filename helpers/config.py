@@ -214,7 +214,7 @@ class Config:
 
         GPU: the seed's U-Net at 256x256. CPU: a pair of narrower U-Nets at a smaller size (one, smaller still,
         on synthetic tiles), so that a laptop finishes in minutes. Values the user set are kept; deep supervision
-        asks for a single U-Net.
+        asks for a single U-Net, and without training windows none is placed on the tumour.
         """
         if self.torch_device().type == "cuda":
             defaults = GPU_DEFAULTS
