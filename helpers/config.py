@@ -26,7 +26,7 @@ GPU_DEFAULTS = {"image_size": 256, "crop": 0.0, "crop_on_tumour": 0.0, "features
 # U-Net of twice the widths in the same time on 12 of 15 cross-validation folds, and batches of 32, which beat 16
 # on 14 of 20 (README "The CPU protocol"). Training on random windows of 3/4 of the side (96 px of the 128 px
 # slices) fits more steps in a time budget: +0.035 paired over 15 CV scores, 5 of 5 folds up (run CR0); placing the
-# window on the tumour in every tumour slice: +0.012 paired over 69 CV scores, 16 of 23 folds up (runs T0-T4). Loader
+# window on the tumour in every tumour slice: +0.016 paired over 75 CV scores, 18 of 25 folds up (runs T0-T4). Loader
 # workers would only compete with the model for the cores.
 CPU_DEFAULTS = {"image_size": 128, "crop": 0.75, "crop_on_tumour": 1.0, "features": (8, 16, 32, 64), "ensemble": 2,
                 "batch_size": 32, "epochs": 40, "lr": 3e-3, "workers": 0}
