@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tune-threshold", action=argparse.BooleanOptionalAction, default=Config.tune_threshold,
                        help="choose the threshold on the validation patients")
     train.add_argument("--intensity", choices=INTENSITIES, default=Config.intensity,
-                       help="per patient and channel: 'landmarks' maps the brain median and 99th percentile to fixed "
-                            "levels, 'volume' the 99th percentile alone, 'brain' the median alone; 'dataset': one for all")
+                       help="per patient and channel: 'landmarks' maps the brain median and 99th percentile to "
+                            "fixed levels, 'volume' the 99th percentile alone, 'brain' the median alone; 'dataset': "
+                            "one normalisation for all")
     train.add_argument("--min-component", type=int, default=Config.min_component,
                        help="drop predicted 2-D blobs smaller than this many pixels")
     train.add_argument("--grow-threshold", type=float, default=Config.grow_threshold,
