@@ -51,6 +51,11 @@ def setup(cfg: Config) -> tuple[Processes, Config]:
         return Processes(), cfg
     procs = Processes(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if cfg.torch_device().type == "cuda":
+        gpus = torch.cuda.device_count()
+        if procs.local_rank >= gpus:
+            raise ValueError(f"torchrun started local process {procs.local_rank} but this machine has {gpus} GPU(s): "
+                             f"run one process per GPU (--nproc_per_node={gpus}), or pass --device cpu to train "
+                             "the processes on the CPU (gloo)")
         torch.cuda.set_device(procs.local_rank)
         cfg = dataclasses.replace(cfg, device=f"cuda:{procs.local_rank}")
     if not dist.is_initialized():

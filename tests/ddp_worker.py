@@ -23,7 +23,7 @@ def main() -> None:
     # and a constant rate, so both runs compute the same updates up to floating-point summation order.
     cfg = Config(data_dir=data_dir, run_dir=run_dir, image_size=32, features=(4, 8, 16, 32), batch_size=8,
                  accumulate=accumulate, epochs=2, lr=3e-3, loss="bce", schedule="constant", augment="off",
-                 amp="off", workers=0, seed=0)
+                 amp="off", device="cpu", workers=0, seed=0)
     procs, cfg = distributed.setup(cfg)
     final = {}
     train_run(cfg, load_dataset(data_dir), progress=False,

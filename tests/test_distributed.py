@@ -61,7 +61,8 @@ def test_ddp_two_processes_match_one_process(synthetic_dir, tmp_path):
 
 def test_torchrun_cli_trains_and_only_the_main_process_writes(synthetic_dir, tmp_path):
     _run([*TORCHRUN, "-m", "helpers", "train", "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "run"),
-          "--epochs", "1", "--image-size", "32", "--features", "4,8,16,32", "--batch-size", "8", "--quiet"])
+          "--epochs", "1", "--image-size", "32", "--features", "4,8,16,32", "--batch-size", "8", "--device", "cpu",
+          "--quiet"])
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "best.pt", "config.json", "history.csv", "last.pt", "split.csv"]
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 1
@@ -76,3 +77,17 @@ def test_global_batch_must_split_evenly(monkeypatch):
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
     with pytest.raises(ValueError, match="must divide evenly over 3 processes"):
         distributed.setup(Config(batch_size=16, device="cpu"))
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """Two processes on a one-GPU machine: a message that says what to run, not CUDA's 'invalid device ordinal'."""
+    from helpers import distributed
+    from helpers.config import Config
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 1)
+    expected = r"local process 1 but this machine has 1 GPU.*--nproc_per_node=1.*--device cpu"
+    with pytest.raises(ValueError, match=expected):
+        distributed.setup(Config(device="cuda"))
