@@ -217,14 +217,37 @@ def brain_pixels(pixels: np.ndarray) -> np.ndarray:
 
     A fixed share of the bright end is not enough: some volumes (TCGA_FG_A4MU) have a background at a quarter
     of the brain's level, and a 10%-of-the-99th-percentile cut took in every pixel, background included."""
-    total = pixels.sum(1, dtype=np.int32)
-    top = float(np.percentile(total, 99.5))
+    total = sum(channel.astype(np.int32) for channel in pixels.T)  # 8 times faster than sum(1) on (N, 3) uint8
+    top = counts_quantile(np.bincount(total, minlength=766), 0.995)
     if top <= 0:
         return np.ones(len(pixels), bool)
-    scaled = np.clip(total * (255.0 / top), 0, 255).astype(np.uint8)
+    scaled = np.clip(np.arange(766) * (255.0 / top), 0, 255).astype(np.uint8)[total]
     level, _ = cv2.threshold(scaled.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     brain = scaled > level
     return brain if brain.any() else np.ones(len(pixels), bool)
+
+
+def counts_quantile(counts: np.ndarray, q: float) -> float:
+    """``np.percentile(values, 100 * q)`` (linear between order statistics) of integers given by their counts:
+    ``counts[v]`` of them equal v. A volume's pixels are 8-bit, and counting them is faster than sorting them."""
+    cumulative = np.cumsum(counts)
+    position = (cumulative[-1] - 1) * q
+    below = int(position)
+    low, high = np.searchsorted(cumulative, [below, min(below + 1, cumulative[-1] - 1)], side="right")
+    return float(low + (high - low) * (position - below))
+
+
+def _brain_medians(pixels: np.ndarray) -> np.ndarray:
+    """Each channel's median (3,) over the brain pixels of a volume's (N, 3) uint8 pixels."""
+    brain = pixels[brain_pixels(pixels)]
+    return np.array([counts_quantile(np.bincount(c, minlength=256), 0.5) for c in brain.T])
+
+
+def _bright_level(channel: np.ndarray, percentile: float) -> float:
+    """The ``percentile`` of a channel's non-zero uint8 values (255 when all are zero)."""
+    counts = np.bincount(channel, minlength=256)
+    counts[0] = 0
+    return counts_quantile(counts, percentile / 100.0) if counts.any() else 255.0
 
 
 def volume_scales(table: pd.DataFrame, percentile: float = 99.0, cache: SliceCache | None = None,
@@ -251,10 +274,10 @@ def volume_level(images: list[np.ndarray], method: str = "volume", percentile: f
     or for "landmarks" the (2, 3) brain medians and levels; ``method`` as in :func:`volume_scales`."""
     pixels = np.concatenate([image.reshape(-1, 3) for image in images])
     if method == "brain":
-        return np.maximum(np.median(pixels[brain_pixels(pixels)], axis=0) * 255.0 / BRAIN_LEVEL, 1.0).astype(np.float32)
-    levels = np.maximum([np.percentile(c[c > 0], percentile) if (c > 0).any() else 255.0 for c in pixels.T], 1.0)
+        return np.maximum(_brain_medians(pixels) * 255.0 / BRAIN_LEVEL, 1.0).astype(np.float32)
+    levels = np.maximum([_bright_level(c, percentile) for c in pixels.T], 1.0)
     if method == "landmarks":
-        medians = np.median(pixels[brain_pixels(pixels)], axis=0)
+        medians = _brain_medians(pixels)
         return np.stack([np.clip(medians, 0.5, levels - 0.5), levels]).astype(np.float32)
     return levels.astype(np.float32)
 

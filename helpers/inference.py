@@ -93,7 +93,20 @@ def binarize(probs: np.ndarray, threshold: float, min_component: int = 0) -> np.
 
 def fill_holes(masks: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
     """Each 2-D mask with the holes inside its regions filled (a notch open to the outside is not a hole)."""
-    return [ndimage.binary_fill_holes(m) for m in masks]
+    return [_filled(m) for m in masks]
+
+
+def _filled(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` searched only inside the mask's bounding box, where every hole lies (any
+    background pixel on the box's edge reaches the image border around it): most slices are empty or hold a small
+    tumour, and the whole 256 px search cost more than the rest of the clean-up together."""
+    filled = mask.astype(bool)
+    if not filled.any():
+        return filled
+    rows, cols = np.flatnonzero(filled.any(1)), np.flatnonzero(filled.any(0))
+    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    filled[box] = ndimage.binary_fill_holes(filled[box])
+    return filled
 
 
 def clean_volume(probs: np.ndarray, cfg: Config, threshold: float | None = None) -> np.ndarray:

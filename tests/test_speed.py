@@ -1,17 +1,22 @@
-"""The fast path: slices decoded once into RAM, gradient accumulation, and the speed benchmark's figures."""
+"""The fast path: slices decoded once into RAM, counted rather than sorted pixels, holes filled inside each
+mask's box, gradient accumulation, and the speed benchmark's figures."""
 import json
 from unittest import mock
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import bench, data
 from helpers.checkpoint import build_model
 from helpers.cli import main
 from helpers.config import Config
-from helpers.data import SliceCache, SliceDataset, load_dataset, rescale, volume_scales
+from helpers.data import (BRAIN_LEVEL, SliceCache, SliceDataset, counts_quantile, load_dataset, rescale,
+                          volume_level, volume_scales)
+from helpers.inference import fill_holes
 from helpers.transforms import eval_transform
 
 
@@ -40,6 +45,48 @@ def test_rescale_lookup_table_matches_the_arithmetic():
     scale = np.array([180.3, 97.1, 255.9], np.float32)
     expected = np.clip(image.astype(np.float32) * (255.0 / scale), 0, 255).astype(np.uint8)
     assert np.array_equal(rescale(image, scale), expected)
+
+
+def test_counted_quantiles_equal_numpys_sorted_ones():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        values = rng.integers(0, int(rng.integers(1, 300)), int(rng.integers(1, 60)))
+        for q in (0.0, 0.5, 0.99, 0.995, 1.0, rng.random()):
+            assert counts_quantile(np.bincount(values), q) == pytest.approx(np.percentile(values, 100 * q), abs=1e-9)
+
+
+def _reference_level(images: list[np.ndarray], method: str) -> np.ndarray:
+    """volume_level as np.percentile and np.median compute it on the pixels themselves."""
+    pixels = np.concatenate([im.reshape(-1, 3) for im in images])
+    total = pixels.sum(1, dtype=np.int32)
+    scaled = np.clip(total * (255.0 / np.percentile(total, 99.5)), 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(scaled.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    medians = np.median(pixels[scaled > otsu], axis=0)
+    if method == "brain":
+        return np.maximum(medians * 255.0 / BRAIN_LEVEL, 1.0).astype(np.float32)
+    levels = np.maximum([np.percentile(c[c > 0], 99) for c in pixels.T], 1.0)
+    if method == "landmarks":
+        return np.stack([np.clip(medians, 0.5, levels - 0.5), levels]).astype(np.float32)
+    return levels.astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["volume", "brain", "landmarks"])
+def test_volume_levels_from_pixel_counts_equal_the_sorted_pixels(method, real_sample_or_synthetic):
+    table = load_dataset(real_sample_or_synthetic)
+    for _, rows in list(table.groupby("patient"))[:4]:
+        images = [data.read_image(path) for path in rows["image_path"]]
+        assert np.array_equal(volume_level(images, method), _reference_level(images, method))
+
+
+def test_holes_filled_inside_the_box_equal_the_whole_slice_search():
+    rng = np.random.default_rng(0)
+    for k in range(600):
+        mask = rng.random(tuple(rng.integers(1, 30, 2))) < rng.random()
+        if k % 2:  # away from the image border, as a tumour is
+            mask = np.pad(mask, [tuple(rng.integers(0, 8, 2)), tuple(rng.integers(0, 8, 2))])
+        filled = fill_holes([mask])[0]
+        assert filled.dtype == bool and np.array_equal(filled, ndimage.binary_fill_holes(mask))
+    assert not fill_holes([np.zeros((8, 8), bool)])[0].any()
 
 
 def test_accumulate_must_divide_the_batch():
