@@ -105,7 +105,7 @@ def plot_history(history: pd.DataFrame) -> Figure:
         ax2.plot(history["epoch"], history["val_dice_median"], color="tab:olive", ls="--", label="median")
     ax2.set_ylim(0, 1)
     ax2.set_xlabel("epoch")
-    ax2.set_title("Validation Dice per patient")
+    ax2.set_title("Validation Dice per patient (plain predictions)")
     ax2.legend()
     fig.tight_layout()
     return fig
