@@ -205,6 +205,10 @@ def _train(args: argparse.Namespace) -> None:
         if procs.main:
             print(f"best epoch {result.best_epoch}: validation Dice {result.best_val_dice:.3f} -> "
                   f"{result.run_dir}/best.pt")
+        # Leave the group together: tearing it down while another process still has the last broadcast in flight
+        # can abort (gloo; the torchrun CLI test aborted once at exit). Only on success: after an error the others
+        # may never arrive.
+        distributed.barrier(procs)
     finally:
         distributed.teardown()
 

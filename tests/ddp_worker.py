@@ -29,6 +29,7 @@ def main() -> None:
     train_run(cfg, load_dataset(data_dir), progress=False,
               on_epoch=lambda epoch, model: final.update(model.state_dict()))
     torch.save({k: v.detach().clone() for k, v in final.items()}, Path(run_dir) / f"weights_rank{procs.rank}.pt")
+    distributed.barrier(procs)  # as the CLI does: no process leaves while another still communicates
     distributed.teardown()
 
 
