@@ -41,7 +41,7 @@ def test_learns_synthetic_tumours_and_generalises_to_unseen_patients(tmp_path):
     model, cfg, info = load_checkpoint(run / "best.pt")
     assert info["epoch"] == result.best_epoch and cfg == result.cfg
     assert score_patients(model, unseen, cfg).mean() == pytest.approx(dice.mean())
-    # The validation Dice that picked best.pt is the one `evaluate` reports for it (TTA and clean-up included).
+    # The validation Dice stored in best.pt is the one `evaluate` reports for it (TTA and clean-up included).
     val_table = table[table["patient"].isin(split.loc[split["split"] == "val", "patient"])].reset_index(drop=True)
     assert info["val_dice"] == pytest.approx(score_patients(model, val_table, cfg).mean(), abs=1e-6)
 
